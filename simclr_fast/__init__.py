@@ -1,0 +1,15 @@
+"""simclr_fast: fast, memory-light SimCLR.
+
+The fused NT-Xent loss (:class:`NTXentLoss`, :func:`nt_xent`) never materializes the ``2B × 2B``
+similarity matrix; it runs as Triton kernels on GPUs, a C++ kernel on CPUs and blocked PyTorch
+anywhere else.
+"""
+
+from simclr_fast.backends import available_backends
+from simclr_fast.functional import nt_xent
+from simclr_fast.loss import NTXentLoss
+from simclr_fast.reference import nt_xent_reference
+
+__version__ = "0.1.0"
+
+__all__ = ["NTXentLoss", "available_backends", "nt_xent", "nt_xent_reference", "__version__"]

@@ -1,0 +1,44 @@
+"""The autograd layer: one ``torch.autograd.Function`` over any :class:`~simclr_fast.backends.base.Backend`.
+
+It saves the normalized embeddings and the per-row log-sum-exp (``O(N)``), never the ``N × N``
+matrix, and asks the backend to recompute tiles in the backward. The positive-pair term, the mean
+and the scaling by ``grad_output`` live here; the backends only see ``z`` (DESIGN.md §2)::
+
+    loss = mean_i (lse_i − s_{i,pos(i)})
+    dL/dz = [G z − (coef + coef_pos) z_pos] · inv_tau,   coef = grad_output / N
+"""
+
+from __future__ import annotations
+
+import torch
+
+from simclr_fast.backends.base import Backend
+
+
+def positive_logits(z: torch.Tensor, b: int, inv_tau: float) -> torch.Tensor:
+    """``s_{i,pos(i)}`` for rows laid out ``[view 0; view 1]`` (``pos(i) = (i + B) mod 2B``)."""
+    return (z * z.roll(b, dims=0)).sum(dim=1).mul_(inv_tau)
+
+
+class NTXentFunction(torch.autograd.Function):
+    """Single-process fused NT-Xent on normalized ``z`` (fp32 or fp64) of shape ``(2B, D)``."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, backend: Backend, inv_tau: float, kernel_dtype: torch.dtype) -> torch.Tensor:
+        n = z.shape[0]
+        zk = z.to(kernel_dtype).contiguous()
+        lse = backend.forward_lse(zk, 0, n, inv_tau)
+        loss = (lse.to(z.dtype) - positive_logits(z, n // 2, inv_tau)).mean()
+        ctx.save_for_backward(z, lse)
+        ctx.backend, ctx.inv_tau, ctx.kernel_dtype = backend, inv_tau, kernel_dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        z, lse = ctx.saved_tensors
+        n = z.shape[0]
+        coef = grad_out.to(lse.dtype).expand(n) / n
+        zk = z.to(ctx.kernel_dtype).contiguous()
+        dz = ctx.backend.backward_rows(zk, lse, coef.contiguous(), 0, n, ctx.inv_tau).to(z.dtype)
+        dz.sub_(z.roll(n // 2, dims=0) * (2 * ctx.inv_tau * coef.to(z.dtype)[:, None]))
+        return dz, None, None, None
