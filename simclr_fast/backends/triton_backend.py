@@ -1,0 +1,339 @@
+"""``backend="triton"``: launchers for the fused Triton kernels and their ``torch.library`` ops.
+
+Layers (STYLE.md): the kernels live in :mod:`simclr_fast.backends.triton_kernels`; this module owns
+the host work (validation, tile choice, allocation, launch) and registers two opaque ops,
+``simclr_fast::ntxent_fwd_triton`` and ``simclr_fast::ntxent_bwd_triton``, with fake (meta)
+implementations so ``torch.compile(fullgraph=True)`` traces through :class:`TritonBackend` without
+a graph break. The autograd layer over them is :class:`simclr_fast._function.NTXentFunction`.
+
+The ops are ``torch.library.custom_op`` rather than ``triton_op``: ``triton_op`` needs the kernels to
+be ``JITFunction`` objects that Inductor can trace, which rules out the interpreter path the CPU CI
+runs; an opaque op runs the same launcher on CUDA and under ``TRITON_INTERPRET=1``.
+
+Environment switches (read at every launch):
+
+``TRITON_INTERPRET=1``
+    run the kernels with Triton's interpreter on CPU tensors (slow; for tests). The kernels are
+    re-wrapped at launch time, so it does not matter whether Triton was imported before the
+    variable was set.
+``SIMCLR_FAST_TF32=1``
+    let fp32 inputs use TF32 tensor cores (10-bit mantissa products, ~1e-3 relative error in the
+    similarities). Default off: fp32 inputs get exact fp32 dot products (``input_precision="ieee"``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from simclr_fast.backends.base import Backend
+
+try:
+    import triton
+
+    from simclr_fast.backends import triton_kernels
+
+    _TRITON_IMPORT_ERROR: str | None = None
+except Exception as exc:  # ImportError, or a broken install raising something else at import
+    triton = None
+    triton_kernels = None
+    _TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+LOG2E = 1.4426950408889634
+
+#: Input dtypes the kernels take (fp64 goes to backend="torch").
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def interpreting() -> bool:
+    """Whether Triton's interpreter is requested (``TRITON_INTERPRET=1``), checked at call time."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def fp32_input_precision() -> str:
+    """``"tf32"`` when ``SIMCLR_FAST_TF32=1`` is set, else ``"ieee"`` (exact fp32, the default)."""
+    return "tf32" if os.environ.get("SIMCLR_FAST_TF32", "0") == "1" else "ieee"
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One launch configuration of a kernel (all compile-time constants plus warps/stages)."""
+
+    block_m: int
+    block_n: int
+    block_d: int
+    single_d: bool
+    num_warps: int
+    num_stages: int
+
+    def label(self) -> str:
+        d = f"D{self.block_d}" if self.single_d else f"D{self.block_d}xK"
+        return f"M{self.block_m} N{self.block_n} {d} w{self.num_warps} s{self.num_stages}"
+
+
+#: Feature chunk sizes the launchers pick: BLOCK_D = the smallest of these that holds D; larger D
+#: loops over chunks of the last one (SINGLE_D=False). 16 is tl.dot's smallest K.
+BLOCK_D_CHOICES = (16, 32, 64, 128)
+
+# Tile table: (kernel, dtype class, BLOCK_D) -> (BLOCK_M, BLOCK_N, num_warps, num_stages).
+# Filled in below from the compile report; see TILE_NOTES.
+_TILES: dict[tuple[str, str, int], tuple[int, int, int, int]] = {}
+for _bd in BLOCK_D_CHOICES:
+    _TILES[("fwd", "16bit", _bd)] = (128, 64, 8, 3)
+    _TILES[("bwd", "16bit", _bd)] = (64, 64, 4, 3)
+    _TILES[("fwd", "fp32", _bd)] = (64, 64, 4, 3)
+    _TILES[("bwd", "fp32", _bd)] = (64, 32, 4, 3)
+
+
+def _dtype_class(dtype: torch.dtype) -> str:
+    return "fp32" if dtype == torch.float32 else "16bit"
+
+
+def pick_config(kernel: str, dtype: torch.dtype, d: int) -> KernelConfig:
+    """The configuration the launcher uses for ``kernel`` ("fwd"/"bwd") on ``dtype`` inputs of width ``d``."""
+    for bd in BLOCK_D_CHOICES:
+        if d <= bd:
+            single = True
+            break
+    else:
+        bd, single = BLOCK_D_CHOICES[-1], False
+    bm, bn, warps, stages = _TILES[(kernel, _dtype_class(dtype), bd)]
+    return KernelConfig(bm, bn, bd, single, warps, stages)
+
+
+def all_configs(kernel: str, dtype: torch.dtype) -> list[KernelConfig]:
+    """Every configuration ``pick_config`` can return for ``kernel`` and ``dtype`` (for check-kernels)."""
+    widths = [*BLOCK_D_CHOICES, BLOCK_D_CHOICES[-1] + 1]
+    seen: dict[KernelConfig, None] = {}
+    for d in widths:
+        seen[pick_config(kernel, dtype, d)] = None
+    return list(seen)
+
+
+def kernel_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` handed to ``tl.dot`` for inputs of ``dtype``."""
+    return fp32_input_precision() if dtype == torch.float32 else "ieee"
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers
+# ---------------------------------------------------------------------------------------------
+
+_RUNNABLE: dict[tuple[int, bool], object] = {}
+
+
+def _runnable(kernel):
+    """``kernel`` in the flavour the current ``TRITON_INTERPRET`` asks for.
+
+    ``@triton.jit`` decides between compiled and interpreted at decoration time (it reads
+    ``TRITON_INTERPRET`` when the module is imported); re-wrapping the plain function here lets the
+    variable be set or cleared after :mod:`triton_kernels` was imported.
+    """
+    from triton.runtime.interpreter import InterpretedFunction
+
+    interp = interpreting()
+    if isinstance(kernel, InterpretedFunction) == interp:
+        return kernel
+    key = (id(kernel), interp)
+    if key not in _RUNNABLE:
+        _RUNNABLE[key] = InterpretedFunction(kernel.fn) if interp else triton.JITFunction(kernel.fn)
+    return _RUNNABLE[key]
+
+
+def _check_device(t: torch.Tensor, name: str) -> None:
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and interpreting():
+        return
+    raise ValueError(
+        f"{name} is on {t.device}: the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for "
+        "testing); use backend='cpu' or 'torch' on CPU"
+    )
+
+
+def _check_z(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> None:
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() != 2 or z.shape[1] < 1:
+        raise ValueError(f"z must be 2-D (N, D) with D >= 1, got shape {tuple(z.shape)}")
+    if z.dtype not in KERNEL_DTYPES:
+        raise TypeError(
+            f"z has dtype {z.dtype}; the triton kernels take float16, bfloat16 or float32 "
+            "(use backend='torch' for float64)"
+        )
+    if z.stride(1) != 1:
+        raise ValueError(f"z must have unit stride along D, got strides {z.stride()}; pass z.contiguous()")
+    n = z.shape[0]
+    if n < 2:
+        # Every row needs at least one non-diagonal column (N = 2B >= 2 in the public API).
+        raise ValueError(f"z must have at least 2 rows, got {n}")
+    if not (0 <= row_start and 1 <= row_count and row_start + row_count <= n):
+        raise ValueError(
+            f"rows [row_start, row_start + row_count) = [{row_start}, {row_start + row_count}) must lie "
+            f"inside the {n} rows of z, with row_count >= 1"
+        )
+    if not (abs(inv_tau) > 0 and abs(inv_tau) <= 1e8 * (1 + 1e-6)):
+        raise ValueError(f"inv_tau must satisfy 0 < |inv_tau| <= 1e8 (|tau| >= 1e-8), got {inv_tau}")
+    _check_device(z, "z")
+
+
+def ntxent_fwd(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
+    """Launch the forward kernel: fp32 log-sum-exp of the owned rows, shape ``(row_count,)``."""
+    _check_z(z, row_start, row_count, inv_tau)
+    n, d = z.shape
+    cfg = pick_config("fwd", z.dtype, d)
+    lse = torch.empty(row_count, dtype=torch.float32, device=z.device)
+    grid = (triton.cdiv(row_count, cfg.block_m),)
+    _runnable(triton_kernels._ntxent_fwd_kernel)[grid](
+        z,
+        lse,
+        n,
+        d,
+        row_start,
+        row_count,
+        z.stride(0),
+        float(inv_tau) * LOG2E,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_D=cfg.block_d,
+        SINGLE_D=cfg.single_d,
+        INPUT_PRECISION=kernel_precision(z.dtype),
+        UPCAST_OPERANDS=interpreting() and z.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return lse
+
+
+def ntxent_bwd(
+    z: torch.Tensor,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    row_start: int,
+    row_count: int,
+    inv_tau: float,
+) -> torch.Tensor:
+    """Launch the backward kernel: ``inv_tau · (G z)`` for the owned rows, fp32 ``(row_count, D)``."""
+    _check_z(z, row_start, row_count, inv_tau)
+    n, d = z.shape
+    for name, t in (("lse", lse), ("coef", coef)):
+        if not isinstance(t, torch.Tensor) or t.shape != (n,) or t.dtype != torch.float32:
+            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a float32 tensor of shape ({n},) (one per row of z), got {got}")
+        if t.device != z.device:
+            raise ValueError(f"{name} is on {t.device} but z is on {z.device}")
+    lse, coef = lse.contiguous(), coef.contiguous()
+    # Scale coef to max |coef| = 1 so G fits fp16 when cast for the tensor cores (see the kernel).
+    coef_scale = coef.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
+    coef = coef / coef_scale
+    out_scale = (coef_scale * inv_tau).reshape(1).to(torch.float32)
+    cfg = pick_config("bwd", z.dtype, d)
+    alloc = torch.empty if cfg.single_d else torch.zeros  # multi-chunk D accumulates in place
+    dz = alloc((row_count, d), dtype=torch.float32, device=z.device)
+    grid = (triton.cdiv(row_count, cfg.block_m),)
+    _runnable(triton_kernels._ntxent_bwd_kernel)[grid](
+        z,
+        lse,
+        coef,
+        out_scale,
+        dz,
+        n,
+        d,
+        row_start,
+        row_count,
+        z.stride(0),
+        dz.stride(0),
+        float(inv_tau) * LOG2E,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_D=cfg.block_d,
+        SINGLE_D=cfg.single_d,
+        INPUT_PRECISION=kernel_precision(z.dtype),
+        UPCAST_OPERANDS=interpreting() and z.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return dz
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library ops (traceable by torch.compile; fake impls give shapes without running Triton)
+# ---------------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @torch.library.custom_op("simclr_fast::ntxent_fwd_triton", mutates_args=())
+    def ntxent_fwd_triton(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
+        """Op form of :func:`ntxent_fwd`."""
+        return ntxent_fwd(z, row_start, row_count, inv_tau)
+
+    @ntxent_fwd_triton.register_fake
+    def _(z, row_start, row_count, inv_tau):
+        return z.new_empty((row_count,), dtype=torch.float32)
+
+    @torch.library.custom_op("simclr_fast::ntxent_bwd_triton", mutates_args=())
+    def ntxent_bwd_triton(
+        z: torch.Tensor,
+        lse: torch.Tensor,
+        coef: torch.Tensor,
+        row_start: int,
+        row_count: int,
+        inv_tau: float,
+    ) -> torch.Tensor:
+        """Op form of :func:`ntxent_bwd`."""
+        return ntxent_bwd(z, lse, coef, row_start, row_count, inv_tau)
+
+    @ntxent_bwd_triton.register_fake
+    def _(z, lse, coef, row_start, row_count, inv_tau):
+        return z.new_empty((row_count, z.shape[1]), dtype=torch.float32)
+
+
+class TritonBackend(Backend):
+    """Fused NT-Xent in Triton: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``."""
+
+    name = "triton"
+
+    def unavailable_reason(self, device: torch.device, dtype: torch.dtype) -> str | None:
+        if triton is None:
+            return (
+                f"Triton is not importable ({_TRITON_IMPORT_ERROR}); CUDA builds of torch on Linux ship "
+                "it, otherwise `pip install triton`"
+            )
+        if dtype not in KERNEL_DTYPES:
+            return f"the triton kernels take float16, bfloat16 or float32, not {dtype}; use backend='torch'"
+        device = torch.device(device)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                return "no CUDA device is available"
+            return None
+        if device.type == "cpu" and interpreting():
+            return None
+        return (
+            "the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for testing); "
+            "use backend='cpu' or 'torch' on CPU"
+        )
+
+    def kernel_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        # 16-bit inputs stay 16-bit so tl.dot runs on tensor cores; the kernels accumulate in fp32.
+        return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+    def forward_lse(self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
+        return torch.ops.simclr_fast.ntxent_fwd_triton(z, row_start, row_count, inv_tau)
+
+    def backward_rows(
+        self,
+        z: torch.Tensor,
+        lse: torch.Tensor,
+        coef: torch.Tensor,
+        row_start: int,
+        row_count: int,
+        inv_tau: float,
+    ) -> torch.Tensor:
+        return torch.ops.simclr_fast.ntxent_bwd_triton(z, lse, coef, row_start, row_count, inv_tau)
