@@ -24,7 +24,9 @@ class NTXentFunction(torch.autograd.Function):
     """Single-process fused NT-Xent on normalized ``z`` (fp32 or fp64) of shape ``(2B, D)``."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, backend: Backend, inv_tau: float, kernel_dtype: torch.dtype) -> torch.Tensor:
+    def forward(
+        ctx, z: torch.Tensor, backend: Backend, inv_tau: float, kernel_dtype: torch.dtype
+    ) -> torch.Tensor:
         n = z.shape[0]
         zk = z.to(kernel_dtype).contiguous()
         lse = backend.forward_lse(zk, 0, n, inv_tau)

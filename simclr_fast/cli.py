@@ -12,8 +12,14 @@ import sys
 
 #: sub-command -> (module, one-line help)
 COMMANDS = {
-    "bench": ("simclr_fast.bench.cli", "benchmark the fused loss against the naive loss (loss|dist|augment)"),
-    "check-kernels": ("simclr_fast.check_kernels", "compile every Triton kernel for sm_80/sm_90 and report resources"),
+    "bench": (
+        "simclr_fast.bench.cli",
+        "benchmark the fused loss against the naive loss (loss|dist|augment)",
+    ),
+    "check-kernels": (
+        "simclr_fast.check_kernels",
+        "compile every Triton kernel for sm_80/sm_90 and report resources",
+    ),
     "train": ("simclr_fast.train.cli", "train SimCLR with the reference loop (digits by default)"),
 }
 

@@ -23,10 +23,14 @@ def check_temperature(temperature: float) -> float:
         ValueError: ``temperature`` is not finite or ``abs(temperature) < 1e-8``.
     """
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(f"temperature must be a real number such as 0.5, got {type(temperature).__name__}")
+        raise TypeError(
+            f"temperature must be a real number such as 0.5, got {type(temperature).__name__}"
+        )
     temperature = float(temperature)
     if not math.isfinite(temperature):
-        raise ValueError(f"temperature must be finite, got {temperature}; typical values are 0.05 to 1.0")
+        raise ValueError(
+            f"temperature must be finite, got {temperature}; typical values are 0.05 to 1.0"
+        )
     if abs(temperature) < 1e-8:
         raise ValueError(
             f"Illegal temperature: abs({temperature}) < 1e-8; use a temperature such as 0.5 "
@@ -45,7 +49,9 @@ def check_embeddings(out0: torch.Tensor, out1: torch.Tensor) -> None:
     """
     for name, t in (("out0", out0), ("out1", out1)):
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (B, D), got {type(t).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor of shape (B, D), got {type(t).__name__}"
+            )
         if t.dim() != 2:
             raise ValueError(
                 f"{name} must be 2-D (B, D), got shape {tuple(t.shape)}; flatten the features first, "
@@ -57,14 +63,18 @@ def check_embeddings(out0: torch.Tensor, out1: torch.Tensor) -> None:
                 "convert it with .float()"
             )
         if t.shape[0] == 0 or t.shape[1] == 0:
-            raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); the loss needs B >= 1 and D >= 1")
+            raise ValueError(
+                f"{name} is empty (shape {tuple(t.shape)}); the loss needs B >= 1 and D >= 1"
+            )
     if out0.shape != out1.shape:
         raise ValueError(
             f"out0 and out1 must have the same shape (B, D), got {tuple(out0.shape)} and {tuple(out1.shape)}; "
             "pass the two views of the same B images"
         )
     if out0.dtype != out1.dtype:
-        raise ValueError(f"out0 and out1 must have the same dtype, got {out0.dtype} and {out1.dtype}")
+        raise ValueError(
+            f"out0 and out1 must have the same dtype, got {out0.dtype} and {out1.dtype}"
+        )
     if out0.device != out1.device:
         raise ValueError(
             f"out0 and out1 must be on the same device, got {out0.device} and {out1.device}; "
@@ -124,7 +134,9 @@ def nt_xent(
     temperature = check_temperature(temperature)
     check_embeddings(out0, out1)
     if not isinstance(backend, str):
-        raise TypeError(f"backend must be a string, one of {backends.BACKENDS}, got {type(backend).__name__}")
+        raise TypeError(
+            f"backend must be a string, one of {backends.BACKENDS}, got {type(backend).__name__}"
+        )
     name = backends.resolve(backend, out0.device, out0.dtype)
     if gather_distributed:
         from simclr_fast.distributed import gathered_nt_xent
@@ -133,6 +145,6 @@ def nt_xent(
     compute = torch.float64 if out0.dtype == torch.float64 else torch.float32
     if name == "reference":
         return nt_xent_reference(out0, out1, temperature).to(compute)
-    impl = backends.get_backend(name)
+    impl = backends._INSTANCES[name]  # loaded by resolve(); a plain lookup keeps compile traceable
     z = F.normalize(torch.cat([out0, out1]).to(compute), dim=1)
     return NTXentFunction.apply(z, impl, 1.0 / temperature, impl.kernel_dtype(out0.dtype))

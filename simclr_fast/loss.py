@@ -61,7 +61,9 @@ class NTXentLoss(nn.Module):
                 "gather_distributed=True for negatives from every process"
             )
         if not isinstance(gather_distributed, bool):
-            raise TypeError(f"gather_distributed must be a bool, got {type(gather_distributed).__name__}")
+            raise TypeError(
+                f"gather_distributed must be a bool, got {type(gather_distributed).__name__}"
+            )
         if backend not in backends.BACKENDS:
             raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")
         self.memory_bank_size = 0

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def nt_xent_reference(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent_reference(
+    out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.5
+) -> torch.Tensor:
     """NT-Xent over the ``2B`` rows of ``cat(out0, out1)``, computed naively in the inputs' dtype.
 
     ``loss = mean_i [logsumexp_{j≠i}(s_ij) − s_{i,pos(i)}]`` with ``s = z zᵀ / τ``,
@@ -38,7 +40,9 @@ def nt_xent_reference(out0: torch.Tensor, out1: torch.Tensor, temperature: float
     return nt_xent_reference_rows(z, 0, z.shape[0], temperature)
 
 
-def nt_xent_reference_rows(z: torch.Tensor, row_start: int, row_count: int, temperature: float) -> torch.Tensor:
+def nt_xent_reference_rows(
+    z: torch.Tensor, row_start: int, row_count: int, temperature: float
+) -> torch.Tensor:
     """Mean NT-Xent of the rows ``z[row_start : row_start + row_count]`` against all rows of ``z``.
 
     ``z`` holds normalized embeddings laid out rank by rank, each rank's block being

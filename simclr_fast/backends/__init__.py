@@ -9,7 +9,6 @@ missing Triton never breaks ``import simclr_fast``.
 from __future__ import annotations
 
 import importlib
-from functools import cache
 
 import torch
 
@@ -24,20 +23,34 @@ _MODULES = {
 }
 
 
-@cache
+#: backend objects, created on first use by :func:`get_backend`.
+_INSTANCES: dict[str, Backend] = {}
+
+
 def get_backend(name: str) -> Backend:
     """The backend object for ``name`` (one of ``"torch"``, ``"cpu"``, ``"triton"``)."""
-    module, cls = _MODULES[name]
-    return getattr(importlib.import_module(module), cls)()
+    if name not in _INSTANCES:
+        module, cls = _MODULES[name]
+        _INSTANCES[name] = getattr(importlib.import_module(module), cls)()
+    return _INSTANCES[name]
 
 
 def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
     """Why backend ``name`` cannot run on ``device``/``dtype`` (with the fix), or ``None`` if it can."""
     if name == "reference":
         return None
-    return get_backend(name).unavailable_reason(device, dtype)
+    try:
+        backend = get_backend(name)
+    except (
+        ImportError
+    ) as exc:  # e.g. triton not installed; the backend module says more when it can
+        return f"it could not be imported ({exc})"
+    return backend.unavailable_reason(device, dtype)
 
 
+# Host logic (imports, availability checks): under torch.compile it runs once at trace time and
+# its answer is baked into the graph, so a model using NTXentLoss compiles with fullgraph=True.
+@torch._dynamo.assume_constant_result
 def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
     """Turn ``"auto"`` into the fastest backend that runs on ``device``/``dtype``; check the others.
 
@@ -54,15 +67,20 @@ def resolve(name: str, device: torch.device, dtype: torch.dtype) -> str:
     if name == "auto":
         preferred = {"cuda": "triton", "cpu": "cpu"}.get(device.type)
         if preferred is not None and unavailable_reason(preferred, device, dtype) is None:
-            return preferred
-        return "torch"
+            name = preferred
+        else:
+            name = "torch"
     reason = unavailable_reason(name, device, dtype)
     if reason is not None:
         raise RuntimeError(f"backend={name!r} cannot run on {dtype} tensors on {device}: {reason}")
+    if name != "reference":
+        get_backend(name)  # loaded here, outside any compiled graph
     return name
 
 
-def available_backends(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+def available_backends(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> list[str]:
     """Names of the backends that can run on ``device``/``dtype`` in this installation.
 
     Examples:

@@ -43,7 +43,9 @@ class Backend:
         """The dtype ``z`` is handed to the kernels in, for inputs of ``dtype``."""
         return torch.float32
 
-    def forward_lse(self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
+    def forward_lse(
+        self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float
+    ) -> torch.Tensor:
         """Row log-sum-exps of the owned rows, diagonal excluded: fp32 ``(row_count,)``."""
         raise NotImplementedError
 

@@ -24,7 +24,9 @@ def _row_blocks(row_count: int, n: int):
         yield start, min(row_count, start + step)
 
 
-def _masked_block(z: torch.Tensor, zc: torch.Tensor, lo: int, hi: int, row_start: int, inv_tau: float) -> torch.Tensor:
+def _masked_block(
+    z: torch.Tensor, zc: torch.Tensor, lo: int, hi: int, row_start: int, inv_tau: float
+) -> torch.Tensor:
     """``S`` for rows ``[lo, hi)`` of the owned block, the diagonal set to ``-inf``."""
     s = torch.mm(z[row_start + lo : row_start + hi], zc.T).mul_(inv_tau)
     idx = torch.arange(hi - lo, device=z.device)
@@ -43,7 +45,9 @@ class TorchBackend(Backend):
     def kernel_dtype(self, dtype: torch.dtype) -> torch.dtype:
         return torch.float64 if dtype == torch.float64 else torch.float32
 
-    def forward_lse(self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
+    def forward_lse(
+        self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float
+    ) -> torch.Tensor:
         lse = torch.empty(row_count, dtype=z.dtype, device=z.device)
         for lo, hi in _row_blocks(row_count, z.shape[0]):
             lse[lo:hi] = torch.logsumexp(_masked_block(z, z, lo, hi, row_start, inv_tau), dim=1)
