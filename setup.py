@@ -1,9 +1,17 @@
 """Build script: the package, plus the C++ extension ``simclr_fast._C`` from ``csrc/`` when possible.
 
-The extension is built with ``torch.utils.cpp_extension`` against the torch found at build time, so
-build with ``--no-build-isolation`` (``pip install --no-build-isolation .``). Set
+The extension is built with ``torch.utils.cpp_extension`` (ninja) against the torch found at build
+time, so build with ``--no-build-isolation`` (``pip install --no-build-isolation .``). Set
 ``SIMCLR_FAST_NO_EXTENSION=1`` to skip it: a pure-Python install where the ``reference``, ``torch``
 and ``triton`` backends still work.
+
+Compiler flags: the extension is compiled for baseline x86-64 (no ``-march``), so a wheel built
+here loads on any x86-64 CPU that torch itself runs on. The hot elementwise kernels exist twice
+(csrc/tile_avx2.cpp, compiled for AVX2 + FMA by a ``#pragma GCC target``, and csrc/tile_generic.cpp)
+and the AVX2 copy is chosen at run time when the CPU has AVX2 and FMA (Intel Haswell / AMD Zen and
+later); the GEMMs are ATen's, which dispatch on the CPU by themselves. ``-fopenmp`` makes ATen's
+``at::parallel_for`` parallel inside our code; at run time the process uses the OpenMP runtime that
+torch itself loaded (same soname), so there is one thread pool.
 """
 
 from __future__ import annotations
@@ -36,12 +44,14 @@ def main() -> None:
             CppExtension(
                 "simclr_fast._C",
                 sources,
-                extra_compile_args=["-O3", "-fopenmp", "-march=x86-64-v2"],
+                depends=sorted(glob.glob(os.path.join("csrc", "*.h"))),
+                extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno"],
                 extra_link_args=["-fopenmp"],
             )
         ]
         cmdclass = {"build_ext": BuildExtension}
         # A compiled extension only loads into the torch it was built against: pin it.
+        # (simclr_fast/_extension.py also checks at import and falls back if they differ.)
         torch_dep = f"torch=={torch_version}"
     else:
         torch_dep = "torch>=2.6"
