@@ -1,0 +1,227 @@
+"""``gather_distributed=True`` across real processes (gloo on 127.0.0.1) against one process.
+
+Every rank holds DIFFERENT data (a symmetric test once passed a broken gather layer). Each
+spawned world runs several checks, because starting a world costs seconds; a failing check raises
+in the child and ``torch.multiprocessing.spawn`` re-raises it here with the child's traceback.
+Every backend that runs on CPU tensors here is covered; the triton backend runs under
+``TRITON_INTERPRET=1`` (in the children's environment).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+import simclr_fast
+from simclr_fast import NTXentLoss, nt_xent
+from simclr_fast.reference import nt_xent_reference, nt_xent_reference_rows
+
+pytestmark = pytest.mark.distributed
+
+TAU = 0.3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(fn, world: int, *args) -> None:
+    # TRITON_INTERPRET must be set before the children import triton: spawned children inherit
+    # the environment, so the triton backend runs on CPU tensors there.
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        mp.spawn(fn, args=(world, _free_port(), *args), nprocs=world, join=True)
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+
+
+def _backends(dtype: torch.dtype = torch.float32) -> list[str]:
+    return simclr_fast.available_backends("cpu", dtype)
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, what: str) -> None:
+    # atol relative to the tensor's scale, for entries that are ~0 by cancellation.
+    atol = rtol * expected.abs().max().item() * 1e-1
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def _global_batch(world: int, b: int, d: int, dtype: torch.dtype, seed: int = 0) -> torch.Tensor:
+    """``(world, 2, b, d)``: rank ``r``'s views are ``x[r, 0]`` and ``x[r, 1]``, all different."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(world, 2, b, d, generator=g, dtype=torch.float64).to(dtype)
+
+
+# --------------------------------------------------------------------------- checks run in a world
+
+
+def _check_loss_and_grads(rank: int, world: int, b: int, d: int) -> None:
+    """Per-rank loss = local-rows reference; per-rank gradients = W × single-process slice."""
+    for dtype, rtol in ((torch.float32, 1e-5), (torch.float64, 1e-10)):
+        x = _global_batch(world, b, d, dtype)
+        # Single process on the concatenated batch, lightly's layout [all view 0; all view 1].
+        x0 = x[:, 0].reshape(world * b, d).clone().requires_grad_(True)
+        x1 = x[:, 1].reshape(world * b, d).clone().requires_grad_(True)
+        g0, g1 = torch.autograd.grad(nt_xent_reference(x0, x1, TAU), (x0, x1))
+        z = F.normalize(x.reshape(world * 2 * b, d), dim=1)  # rank-by-rank layout
+        expected_loss = nt_xent_reference_rows(z, rank * 2 * b, 2 * b, TAU)
+        for name in _backends(dtype):
+            a = x[rank, 0].clone().requires_grad_(True)
+            c = x[rank, 1].clone().requires_grad_(True)
+            loss = nt_xent(a, c, TAU, backend=name, gather_distributed=True)
+            ga, gc = torch.autograd.grad(loss, (a, c))
+            what = f"{name} {dtype} rank {rank}/{world}"
+            assert loss.dtype == dtype
+            _close(loss.detach(), expected_loss.detach(), rtol, f"{what} loss")
+            _close(ga, world * g0[rank * b : (rank + 1) * b], rtol, f"{what} grad out0")
+            _close(gc, world * g1[rank * b : (rank + 1) * b], rtol, f"{what} grad out1")
+
+
+def _check_scaled_grads(rank: int, world: int, b: int, d: int) -> None:
+    """Ranks scale their losses differently (rank r by r + 1): gradients stay exact."""
+    x = _global_batch(world, b, d, torch.float32, seed=1)
+    xr = x.clone().requires_grad_(True)
+    z = F.normalize(xr.reshape(world * 2 * b, d), dim=1)
+    total = sum((q + 1) * nt_xent_reference_rows(z, q * 2 * b, 2 * b, TAU) for q in range(world))
+    (expected,) = torch.autograd.grad(total, (xr,))
+    for name in _backends():
+        a = x[rank, 0].clone().requires_grad_(True)
+        c = x[rank, 1].clone().requires_grad_(True)
+        loss = NTXentLoss(TAU, gather_distributed=True, backend=name)(a, c)
+        ga, gc = torch.autograd.grad(loss * (rank + 1), (a, c))
+        _close(ga, expected[rank, 0], 1e-5, f"{name} scaled grad out0 rank {rank}")
+        _close(gc, expected[rank, 1], 1e-5, f"{name} scaled grad out1 rank {rank}")
+
+
+def _train(model: nn.Module, batches, loss_fn, steps: int) -> None:
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for step in range(steps):
+        v0, v1 = batches(step)
+        opt.zero_grad()
+        loss_fn(model(v0), model(v1)).backward()
+        opt.step()
+
+
+def _make_model() -> nn.Module:
+    torch.manual_seed(1234)
+    return nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 8))
+
+
+def _check_ddp(rank: int, world: int, b: int = 4, steps: int = 3) -> None:
+    """W processes with DDP end with the parameters of one process on the concatenated batches."""
+    data = _global_batch(world, b, 12, torch.float32, seed=2)
+    noise = 0.1 * _global_batch(world, b, 12, torch.float32, seed=3)
+
+    def views(step: int, r: int):
+        x = data[:, 0] + step  # different every step and every rank
+        return x[r], x[r] + noise[r, 0] * (step + 1)
+
+    single = _make_model()
+    _train(
+        single,
+        lambda s: tuple(torch.cat(t) for t in zip(*(views(s, r) for r in range(world)))),
+        NTXentLoss(TAU),
+        steps,
+    )
+    for name in _backends():
+        ddp = nn.parallel.DistributedDataParallel(_make_model())
+        _train(
+            ddp,
+            lambda s: views(s, rank),
+            NTXentLoss(TAU, gather_distributed=True, backend=name),
+            steps,
+        )
+        for (pname, p), q in zip(ddp.module.named_parameters(), single.parameters()):
+            assert not torch.equal(p, _make_model().state_dict()[pname]), "training did not move"
+            _close(p.detach(), q.detach(), 1e-4, f"{name} DDP parameter {pname} rank {rank}")
+
+
+def _check_mismatch(rank: int, world: int, bad_rank: int, field: str) -> None:
+    """One rank with a different B (or D): every rank raises, naming that rank; the group survives."""
+    shape = {"B": 3, "D": 5}
+    if rank == bad_rank:
+        shape[field] += 1
+    x = torch.randn(2, shape["B"], shape["D"])
+    with pytest.raises(ValueError, match=f"rank {bad_rank} differs from rank 0") as info:
+        nt_xent(x[0], x[1], TAU, backend="torch", gather_distributed=True)
+    bad = "B=4, D=5" if field == "B" else "B=3, D=6"
+    assert f"rank {bad_rank}: {bad}, float32" in str(info.value)
+    assert f"rank 0: B=3, D=5, float32, cpu, temperature={TAU:g}" in str(info.value)
+    with pytest.raises(ValueError, match=f"rank {bad_rank} differs"):
+        nt_xent(x[0], x[1], TAU, backend="reference", gather_distributed=True)
+    # Nobody went on to the embedding all_gather: the next, well-formed call works everywhere.
+    y = torch.randn(2, 3, 5)
+    assert torch.isfinite(nt_xent(y[0], y[1], TAU, gather_distributed=True))
+
+
+def _world_checks(rank: int, world: int, port: int, bad_rank: int, field: str) -> None:
+    torch.set_num_threads(1)  # W processes share the cores
+    _init(rank, world, port)
+    try:
+        _check_loss_and_grads(rank, world, b=3, d=17)
+        _check_scaled_grads(rank, world, b=2, d=8)
+        _check_ddp(rank, world)
+        _check_mismatch(rank, world, bad_rank, field)
+    finally:
+        dist.destroy_process_group()
+
+
+def _loss_and_grads(x: torch.Tensor, name: str):
+    a = x[0].clone().requires_grad_(True)
+    c = x[1].clone().requires_grad_(True)
+    loss = nt_xent(a, c, TAU, backend=name)
+    return (loss.detach(), *torch.autograd.grad(loss, (a, c)))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize(("world", "bad_rank", "field"), [(2, 1, "B"), (4, 2, "D")])
+def test_world_matches_single_process(world, bad_rank, field):
+    """Loss, gradients (equal and unequal loss scales), DDP training and mismatch errors."""
+    _spawn(_world_checks, world, bad_rank, field)
+
+
+def test_world_of_one_equals_single_process():
+    """A one-process group, in this process (no spawn needed): same loss and gradients as without."""
+    _init(0, 1, _free_port())
+    try:
+        x = torch.randn(2, 5, 9)
+        for name in _backends():
+            a = x[0].clone().requires_grad_(True)
+            c = x[1].clone().requires_grad_(True)
+            loss = nt_xent(a, c, TAU, backend=name, gather_distributed=True)
+            ga, gc = torch.autograd.grad(loss, (a, c))
+            ref_loss, ref_a, ref_c = _loss_and_grads(x, name)
+            _close(loss.detach(), ref_loss, 1e-6, f"{name} world of 1 loss")
+            _close(ga, ref_a, 1e-6, f"{name} world of 1 grad out0")
+            _close(gc, ref_c, 1e-6, f"{name} world of 1 grad out1")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_without_process_group_raises():
+    assert not dist.is_initialized()
+    x = torch.randn(2, 4, 8)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        nt_xent(x[0], x[1], gather_distributed=True)
+    with pytest.raises(RuntimeError, match="gather_distributed=False"):
+        NTXentLoss(gather_distributed=True)(x[0], x[1])
