@@ -1,0 +1,1 @@
+"""``simclr-fast train``: the reference SimCLR training loop (see :mod:`simclr_fast.train.loop`)."""

@@ -1,0 +1,221 @@
+"""``simclr-fast train``: flags, their checks, and the hand-off to :func:`simclr_fast.train.loop.train`.
+
+Flag values are checked here (argparse exits with status 2 and a message naming the flag); paths
+and datasets are checked when the run starts (exit status 2 with a one-line message, no traceback).
+Defaults left as ``None`` are filled per dataset by :func:`simclr_fast.train.config.resolve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from simclr_fast.train.config import (
+    AUGMENTS,
+    BACKBONES,
+    DATASETS,
+    LOSS_BACKENDS,
+    OPTIMIZERS,
+    PRECISIONS,
+    TrainConfig,
+    resolve,
+)
+
+
+def _number(kind: type, low: float, inclusive: bool = True, what: str = "") -> callable:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+        if value < low or (not inclusive and value == low):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}{what}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _temperature(text: str) -> float:
+    value = _number(float, 0.0, inclusive=False)(text)
+    if value < 1e-3 or value > 100:
+        raise argparse.ArgumentTypeError(
+            f"must be in [0.001, 100] (SimCLR uses 0.1-1.0), got {text}"
+        )
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``train`` flags to ``parser``."""
+    d = parser.add_argument_group("data")
+    d.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        help="digits (embedded in scikit-learn; default), cifar10 (python-pickle dir), imagefolder",
+    )
+    d.add_argument(
+        "--data-dir",
+        default=None,
+        help="cifar10: the cifar-10-batches-py directory; imagefolder: a directory of class sub-folders",
+    )
+    d.add_argument(
+        "--image-size",
+        type=_number(int, 4),
+        default=None,
+        help="training resolution (default: digits 8, cifar10 32, imagefolder 224)",
+    )
+    d.add_argument(
+        "--augment",
+        choices=AUGMENTS,
+        default=None,
+        help="augmentation recipe of simclr_fast.augment (default: digits / simclr-cifar / simclr-imagenet)",
+    )
+    d.add_argument(
+        "--num-workers",
+        type=_number(int, 0),
+        default=2,
+        help="loader processes (image folders only)",
+    )
+
+    m = parser.add_argument_group("model")
+    m.add_argument(
+        "--backbone",
+        choices=BACKBONES,
+        default=None,
+        help="default: small-cnn for digits, resnet18 otherwise",
+    )
+    m.add_argument(
+        "--proj-dim", type=_number(int, 1), default=128, help="projection head output size"
+    )
+
+    o = parser.add_argument_group("optimization")
+    o.add_argument(
+        "--batch-size",
+        type=_number(int, 2),
+        default=256,
+        help="global batch (images per step over all processes; each view counts once)",
+    )
+    o.add_argument(
+        "--epochs",
+        type=_number(int, 1),
+        default=None,
+        help="epochs (default: digits 150, others 100); with --time-budget, an upper bound",
+    )
+    o.add_argument(
+        "--time-budget",
+        type=_number(float, 0.0, inclusive=False),
+        default=None,
+        help="stop after this many seconds of training; the cosine schedule runs over the budget",
+    )
+    o.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=None,
+        help="default: adam for digits, lars otherwise",
+    )
+    o.add_argument(
+        "--lr",
+        type=_number(float, 0.0, inclusive=False),
+        default=None,
+        help="peak learning rate (default: adam 1e-3; lars 0.3*batch/256; sgd 0.06*batch/256; adamw 1e-3)",
+    )
+    o.add_argument(
+        "--weight-decay",
+        type=_number(float, 0.0),
+        default=None,
+        help="default: 1e-6 for lars/sgd/adam, 1e-4 for adamw",
+    )
+    o.add_argument(
+        "--warmup-epochs",
+        type=_number(float, 0.0),
+        default=None,
+        help="linear warm-up epochs before the cosine decay (default: digits 0, others 10)",
+    )
+    o.add_argument(
+        "--temperature",
+        type=_temperature,
+        default=None,
+        help="NT-Xent temperature (default: digits 1.0, others 0.5)",
+    )
+    o.add_argument(
+        "--loss-backend",
+        choices=LOSS_BACKENDS,
+        default="auto",
+        help="NT-Xent implementation (reference = naive, for comparison)",
+    )
+    o.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: autocast the encoder (loss sums stay fp32)",
+    )
+    o.add_argument(
+        "--channels-last", action="store_true", help="NHWC memory format (faster convs on GPUs)"
+    )
+    o.add_argument("--seed", type=_number(int, 0), default=0)
+
+    e = parser.add_argument_group("evaluation and output")
+    e.add_argument(
+        "--knn-every",
+        type=_number(int, 0),
+        default=10,
+        help="kNN monitor every N epochs (0: only at the end)",
+    )
+    e.add_argument(
+        "--knn-k",
+        type=_number(int, 1),
+        default=None,
+        help="kNN neighbours (default: digits 20, others 200)",
+    )
+    e.add_argument(
+        "--knn-t", type=_number(float, 0.0, inclusive=False), default=0.1, help="kNN temperature"
+    )
+    e.add_argument(
+        "--probe-draws",
+        type=_number(int, 1),
+        default=5,
+        help="label draws per few-label probe budget",
+    )
+    e.add_argument("--no-probe", action="store_true", help="skip the final linear probes")
+    e.add_argument(
+        "--output-dir", default="runs/simclr", help="checkpoint, metrics.csv, plot and summary.json"
+    )
+    e.add_argument(
+        "--checkpoint-every",
+        type=_number(int, 0),
+        default=10,
+        help="save every N epochs (0: only at the end and on Ctrl-C)",
+    )
+    e.add_argument(
+        "--resume",
+        default=None,
+        help="continue from this checkpoint (or output dir holding checkpoint.pt)",
+    )
+    e.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed flags, with dataset defaults filled in."""
+    fields = TrainConfig.__dataclass_fields__
+    return resolve(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``simclr-fast train``; returns the exit status (0 done, 2 bad input, 130 interrupted)."""
+    from simclr_fast.train.loop import TrainingError, train
+
+    try:
+        cfg = config_from_args(args)
+        result = train(cfg)
+    except TrainingError as exc:
+        print(f"simclr-fast train: error: {exc}", file=sys.stderr)
+        return 2
+    return 130 if result.get("interrupted") else 0

@@ -1,0 +1,587 @@
+"""The reference SimCLR loop: raw uint8 batches -> device-side augmentation -> encoder -> projection
+head -> fused NT-Xent, with the schedule, monitors, checkpoints and artefacts of ``simclr-fast train``.
+
+Determinism: every random draw of training comes from generators re-seeded from
+``(seed, epoch, step, rank)`` (batch order from ``(seed, epoch)``), so a run is fixed by its seed,
+whatever the loss backend, and a checkpoint's ``(epoch, step)`` is all a resumed run needs to draw
+the same batches and augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from simclr_fast.augment import SimCLRAugment
+from simclr_fast.loss import NTXentLoss
+from simclr_fast.train import checkpoint as ckpt_io
+from simclr_fast.train.config import TrainConfig, TrainingError
+from simclr_fast.train.evaluate import PROBE_BUDGETS, extract_features, knn_accuracy, linear_probe
+from simclr_fast.train.lars import LARS, param_groups
+from simclr_fast.train.models import SimCLRModel, build_backbone
+from simclr_fast.train.sources import (
+    Data,
+    epoch_permutation,
+    eval_batches,
+    load_data,
+    make_preprocess,
+    raw_pixels,
+    train_batches,
+)
+
+CSV_FIELDS = (
+    "epoch",
+    "step",
+    "loss",
+    "lr",
+    "images_per_s",
+    "epoch_seconds",
+    "train_seconds",
+    "knn",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# processes and devices
+
+
+class Dist:
+    """Rank, world size and device of this process (a single process when not under torchrun)."""
+
+    def __init__(self, device: str | None) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise TrainingError(
+                    f"--device {device}: CUDA is not available here; use --device cpu"
+                )
+            if dev.index is None:
+                dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+            torch.cuda.set_device(dev)
+        self.device = dev
+        self.enabled = self.world > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def agree(self, *values: float) -> list[float]:
+        """The element-wise max of ``values`` over all ranks (one small all_reduce)."""
+        if not self.enabled:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed mixing ``parts`` (SplitMix64-style), so nearby (epoch, step) pairs decorrelate."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (int(p) + 0x9E3779B97F4A7C15 + (x << 6) + (x >> 2))) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation (simclr_fast.augment)
+
+
+def build_augment(cfg: TrainConfig, memory_format: torch.memory_format) -> SimCLRAugment:
+    """The recipe ``cfg.augment`` at ``cfg.image_size``; views come in fp32 (autocast casts them)."""
+    try:
+        return SimCLRAugment(cfg.augment, size=cfg.image_size, memory_format=memory_format)
+    except (ValueError, TypeError) as exc:
+        raise TrainingError(f"--augment {cfg.augment}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizer and schedule
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """LARS / SGD / AdamW / Adam; BN and bias parameters get no weight decay (and no LARS scaling)."""
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "lars":
+        return LARS(
+            groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, trust_coefficient=0.001
+        )
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        # torch.optim.Adam's weight_decay is an L2 term added to the gradient, like SGD's.
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    raise TrainingError(f"--optimizer must be one of lars, sgd, adamw, adam; got {cfg.optimizer!r}")
+
+
+class WarmupCosine:
+    """Per-step learning rate: linear warm-up to the peak, then cosine decay to 0.
+
+    The decay runs over the remaining steps, or, with a time budget, over the remaining seconds
+    (``progress`` passed to :meth:`step`). Its state is the step count, saved in checkpoints.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, peak_lr: float, warmup_steps: int, total_steps: int
+    ) -> None:
+        self.optimizer = optimizer
+        self.peak_lr = peak_lr
+        self.warmup_steps = warmup_steps
+        self.total_steps = max(total_steps, 1)
+        self.steps = 0
+        self.set_lr(self.lr_at(0, None))
+
+    def lr_at(self, step: int, progress: float | None) -> float:
+        if step < self.warmup_steps:
+            return self.peak_lr * (step + 1) / self.warmup_steps
+        if progress is None:
+            progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
+        return self.peak_lr * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, progress: float | None = None) -> None:
+        """Advance one optimizer step and set the learning rate of the next one."""
+        self.steps += 1
+        self.set_lr(self.lr_at(self.steps, progress))
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "lr": self.lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        self.set_lr(state["lr"])
+
+
+# ---------------------------------------------------------------------------------------------
+# artefacts
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """(Re)write the metrics CSV from the run's history (used at start and on resume)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def append_csv(path: Path, row: dict) -> None:
+    with open(path, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
+
+
+def plot_history(path: Path, rows: list[dict]) -> None:
+    """Loss and kNN accuracy per epoch, as a PNG (matplotlib, Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(
+        [r["epoch"] for r in rows],
+        [r["loss"] for r in rows],
+        color="tab:blue",
+        label="NT-Xent loss",
+    )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss", color="tab:blue")
+    knn = [(r["epoch"], r["knn"]) for r in rows if r["knn"] not in ("", None)]
+    if knn:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*knn), "o-", color="tab:orange", label="kNN accuracy")
+        ax2.set_ylabel("kNN accuracy (held-out)", color="tab:orange")
+    ax.set_title("simclr-fast train")
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def format_summary(summary: dict) -> str:
+    """The final table: linear-probe accuracy per label budget for each feature set."""
+    rows = [
+        ("SimCLR encoder", "linear_probe"),
+        ("random-init encoder", "random_init"),
+        ("raw pixels", "raw_pixels"),
+    ]
+    head = f"{'features':<22}" + "".join(
+        f"{(b + ' /class') if b != 'all' else 'all labels':>12}" for b in PROBE_BUDGETS
+    )
+    lines = ["linear probe accuracy (held-out split)", head]
+    for name, key in rows:
+        if key in summary:
+            lines.append(
+                f"{name:<22}" + "".join(f"{summary[key][b]:>12.3f}" for b in PROBE_BUDGETS)
+            )
+    if summary.get("knn") is not None:
+        lines.append(f"kNN monitor (k={summary['config']['knn_k']}): {summary['knn']:.3f}")
+    lines.append(
+        f"train {summary['train_seconds']:.1f} s over {summary['epochs_done']} epochs "
+        f"({summary['epoch_seconds']:.3f} s/epoch, {summary['images_per_s']:.0f} images/s)"
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a flag the loop checks after each step (it then saves a
+    checkpoint and exits); a second one interrupts at once. Handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopRequest:
+        with contextlib.suppress(ValueError):  # signal handlers only install in the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train SimCLR as ``cfg`` says; returns the summary (also written to ``summary.json``).
+
+    Raises:
+        TrainingError: bad paths, malformed datasets or flags that do not fit the data.
+    """
+    d = Dist(cfg.device)
+    try:
+        return _train(cfg, d)
+    finally:
+        d.close()
+
+
+def _build_model(cfg: TrainConfig, in_channels: int) -> SimCLRModel:
+    torch.manual_seed(cfg.seed)  # the same initial weights for the run and its random-init baseline
+    return SimCLRModel(build_backbone(cfg.backbone, in_channels, cfg.image_size), cfg.proj_dim)
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _check_loss_backend(cfg: TrainConfig, device: torch.device) -> None:
+    from simclr_fast import backends
+
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    try:
+        backends.resolve(cfg.loss_backend, device, dtype)
+    except (RuntimeError, ValueError) as exc:
+        raise TrainingError(f"--loss-backend {cfg.loss_backend}: {exc}") from None
+
+
+def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
+    device = d.device
+    out_dir = Path(cfg.output_dir)
+    if d.main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrainingError(
+                f"--output-dir {out_dir}: cannot create it ({exc.strerror})"
+            ) from None
+    if cfg.batch_size % d.world:
+        raise TrainingError(
+            f"--batch-size {cfg.batch_size} must be divisible by the {d.world} processes"
+        )
+    _check_loss_backend(cfg, device)
+    seed_everything(cfg.seed)
+
+    data = load_data(cfg)
+    n_train = len(data.train)
+    if n_train < cfg.batch_size:
+        raise TrainingError(
+            f"--batch-size {cfg.batch_size} is larger than the {n_train} training images; use at most {n_train}"
+        )
+    steps_per_epoch = n_train // cfg.batch_size  # the last partial batch is dropped
+    in_channels = data.in_channels
+
+    model = _build_model(cfg, in_channels)
+    if d.enabled and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    net: nn.Module = model
+    if d.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    optimizer = build_optimizer(cfg, model)
+    sched = WarmupCosine(
+        optimizer, cfg.lr, round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch
+    )
+    loss_fn = NTXentLoss(cfg.temperature, gather_distributed=d.enabled, backend=cfg.loss_backend)
+
+    start_epoch, start_step, history, train_seconds = 0, 0, [], 0.0
+    if cfg.resume:
+        path = Path(cfg.resume)
+        path = path / "checkpoint.pt" if path.is_dir() else path
+        try:
+            state = ckpt_io.load(path)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
+            raise TrainingError(str(exc).splitlines()[0]) from None
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        history, train_seconds = state["history"], state["train_seconds"]
+        ckpt_io.set_rng_state(state["rng"], {})
+
+    device_images = data.train.images.to(device) if data.train.images is not None else None
+    aug_gen = torch.Generator(device=device)
+    augment = build_augment(cfg, memory_format)
+    preprocess = make_preprocess(cfg.image_size)
+
+    def save(epoch: int, step: int) -> None:
+        if d.main:
+            ckpt_io.save_atomic(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch,
+                    "step": step,
+                    "history": history,
+                    "train_seconds": train_seconds,
+                    "rng": ckpt_io.rng_state({}),
+                    "config": cfg.to_dict(),
+                },
+                out_dir / "checkpoint.pt",
+            )
+
+    def knn() -> float:
+        model.eval()
+        ftr, fte = (
+            extract_features(
+                model.features, eval_batches(split, 512, cfg.num_workers), preprocess, device
+            )
+            for split in (data.train, data.test)
+        )
+        model.train()
+        return knn_accuracy(
+            ftr, data.train.labels, fte, data.test.labels, cfg.knn_k, cfg.knn_t, data.num_classes
+        )
+
+    csv_path = out_dir / "metrics.csv"
+    if d.main:
+        write_csv(csv_path, history)
+    bar = None
+    if d.main and not cfg.no_progress:
+        from tqdm.auto import tqdm
+
+        total = None if cfg.time_budget else cfg.epochs * steps_per_epoch
+        bar = tqdm(total=total, initial=sched.steps, unit="step", dynamic_ncols=True)
+
+    interrupted, out_of_time = False, False
+    last_knn = None
+    epoch = start_epoch
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            perm = epoch_permutation(n_train, _seed(cfg.seed, epoch))
+            first = start_step if epoch == start_epoch else 0
+            batches = train_batches(
+                data.train,
+                device_images,
+                perm,
+                first,
+                steps_per_epoch,
+                cfg.batch_size,
+                d.rank,
+                d.world,
+                device,
+                cfg.num_workers,
+            )
+            loss_sum, steps_done = torch.zeros((), device=device), 0
+            t_epoch = time.perf_counter()
+            step = first
+            for step, x in enumerate(batches, start=first):
+                aug_gen.manual_seed(_seed(cfg.seed, epoch, step, d.rank))
+                view0, view1 = augment(x, generator=aug_gen)
+                x2 = torch.cat([view0, view1]).contiguous(memory_format=memory_format)
+                with _autocast(cfg, device):
+                    z0, z1 = net(x2).chunk(2)
+                loss = loss_fn(z0, z1)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                steps_done += 1
+                loss_sum += loss.detach()
+                elapsed = train_seconds + time.perf_counter() - t_epoch
+                elapsed, stop_flag = d.agree(elapsed, float(stop.requested))
+                sched.step(elapsed / cfg.time_budget if cfg.time_budget else None)
+                if bar is not None:
+                    bar.update(1)
+                    if step % 5 == 0 or step == steps_per_epoch - 1:
+                        bar.set_description(
+                            f"epoch {epoch + 1}/{cfg.epochs}"
+                            if not cfg.time_budget
+                            else f"epoch {epoch + 1}"
+                        )
+                        rate = (
+                            steps_done * cfg.batch_size / max(time.perf_counter() - t_epoch, 1e-9)
+                        )
+                        bar.set_postfix(
+                            loss=f"{loss.item():.4f}", lr=f"{sched.lr:.2e}", img_s=f"{rate:.0f}"
+                        )
+                if stop_flag:
+                    interrupted = True
+                    break
+                if cfg.time_budget and elapsed >= cfg.time_budget:
+                    out_of_time = True
+                    break
+            seconds = time.perf_counter() - t_epoch
+            train_seconds += seconds
+            if steps_done == 0:
+                break
+            done_epoch = not interrupted or step + 1 == steps_per_epoch
+            row = {
+                "epoch": epoch + 1 if done_epoch else epoch + (step + 1) / steps_per_epoch,
+                "step": sched.steps,
+                "loss": float(loss_sum) / steps_done,
+                "lr": sched.lr,
+                "images_per_s": steps_done * cfg.batch_size / seconds,
+                "epoch_seconds": seconds,
+                "train_seconds": train_seconds,
+                "knn": "",
+            }
+            last = epoch + 1 == cfg.epochs or out_of_time
+            if (
+                d.main
+                and not interrupted
+                and ((cfg.knn_every and (epoch + 1) % cfg.knn_every == 0) or last)
+            ):
+                last_knn = row["knn"] = knn()
+                if bar is not None:
+                    bar.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  kNN {last_knn:.3f}")
+            history.append(row)
+            if d.main:
+                append_csv(csv_path, row)
+            if interrupted:
+                save(epoch + 1, 0) if done_epoch else save(epoch, step + 1)
+                break
+            if last or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
+                save(epoch + 1, 0)
+            if out_of_time:
+                break
+    if bar is not None:
+        bar.close()
+
+    epochs_done = len(history)
+    timed = [r for r in history if r["epoch_seconds"] > 0]
+    summary: dict[str, Any] = {
+        "train_seconds": train_seconds,
+        "epochs_done": epochs_done,
+        "steps": sched.steps,
+        "epoch_seconds": float(np.median([r["epoch_seconds"] for r in timed])) if timed else 0.0,
+        "images_per_s": float(np.median([r["images_per_s"] for r in timed])) if timed else 0.0,
+        "final_loss": history[-1]["loss"] if history else None,
+        "knn": last_knn,
+        "interrupted": interrupted,
+        "world_size": d.world,
+        "device": str(device),
+        "config": cfg.to_dict(),
+    }
+    if interrupted:
+        if d.main:
+            print(
+                f"interrupted: checkpoint saved to {out_dir / 'checkpoint.pt'}; continue with --resume {out_dir}"
+            )
+        return summary
+    if not d.main:
+        return summary
+
+    if history:
+        plot_history(out_dir / "loss_knn.png", history)
+    if not cfg.no_probe:
+        summary.update(_probes(cfg, data, model, in_channels, preprocess, device))
+    with open(out_dir / "summary.json.tmp", "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(out_dir / "summary.json.tmp", out_dir / "summary.json")
+    if not cfg.no_probe:
+        print(format_summary(summary))
+    print(f"artefacts in {out_dir}: checkpoint.pt, metrics.csv, loss_knn.png, summary.json")
+    return summary
+
+
+def _probes(
+    cfg: TrainConfig, data: Data, model, in_channels, preprocess, device
+) -> dict[str, dict[str, float]]:
+    """Linear probes on our encoder, a randomly initialised one and the raw pixels."""
+    ytr, yte = data.train.labels.numpy(), data.test.labels.numpy()
+
+    def probe(encode) -> dict[str, float]:
+        ftr, fte = (
+            extract_features(
+                encode, eval_batches(split, 512, cfg.num_workers), preprocess, device
+            ).numpy()
+            for split in (data.train, data.test)
+        )
+        return linear_probe(ftr, ytr, fte, yte, draws=cfg.probe_draws, seed=cfg.seed)
+
+    model.eval()
+    ours = probe(model.features)
+    random_model = _build_model(cfg, in_channels).to(device).eval()
+    rand = probe(random_model.features)
+    raw_tr, raw_te = raw_pixels(data.train, cfg.num_workers), raw_pixels(data.test, cfg.num_workers)
+    raw = linear_probe(raw_tr, ytr, raw_te, yte, draws=cfg.probe_draws, seed=cfg.seed)
+    return {"linear_probe": ours, "random_init": rand, "raw_pixels": raw}
