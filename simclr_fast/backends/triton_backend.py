@@ -10,15 +10,11 @@ The ops are ``torch.library.custom_op`` rather than ``triton_op``: ``triton_op``
 be ``JITFunction`` objects that Inductor can trace, which rules out the interpreter path the CPU CI
 runs; an opaque op runs the same launcher on CUDA and under ``TRITON_INTERPRET=1``.
 
-Environment switches (read at every launch):
+Environment switch:
 
 ``TRITON_INTERPRET=1``
-    run the kernels with Triton's interpreter on CPU tensors (slow; for tests). The kernels are
-    re-wrapped at launch time, so it does not matter whether Triton was imported before the
-    variable was set.
-``SIMCLR_FAST_TF32=1``
-    let fp32 inputs use TF32 tensor cores (10-bit mantissa products, ~1e-3 relative error in the
-    similarities). Default off: fp32 inputs get exact fp32 dot products (``input_precision="ieee"``).
+    run the kernels with Triton's interpreter on CPU tensors (slow; for tests). Triton reads it
+    once, when it is first imported (see :func:`interpreting`): set it before ``import triton``.
 """
 
 from __future__ import annotations
@@ -48,13 +44,32 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def interpreting() -> bool:
-    """Whether Triton's interpreter is requested (``TRITON_INTERPRET=1``), checked at call time."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether the kernels run in Triton's interpreter (CPU tensors) rather than compiled for CUDA.
+
+    Triton decides when it is imported: with ``TRITON_INTERPRET=1`` in the environment at that
+    moment, ``@triton.jit`` (ours and the ``triton.language`` helpers such as ``tl.max``) gives
+    interpreted functions. Setting the variable later has no effect, so this looks at the kernel
+    object rather than at the environment.
+    """
+    if triton is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(triton_kernels._ntxent_fwd_kernel, InterpretedFunction)
 
 
-def fp32_input_precision() -> str:
-    """``"tf32"`` when ``SIMCLR_FAST_TF32=1`` is set, else ``"ieee"`` (exact fp32, the default)."""
-    return "tf32" if os.environ.get("SIMCLR_FAST_TF32", "0") == "1" else "ieee"
+def _interpret_reason() -> str:
+    """Why CPU tensors cannot run here (the interpreter is not active), with the fix."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return (
+            "TRITON_INTERPRET=1 was set after Triton was imported, and Triton reads it only at import; "
+            "set it before the first `import triton` (e.g. at the top of conftest.py), or use "
+            "backend='cpu' or 'torch' on CPU"
+        )
+    return (
+        "the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for testing); "
+        "use backend='cpu' or 'torch' on CPU"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,18 +93,33 @@ class KernelConfig:
         return f"M{self.block_m} N{self.block_n} {d} w{self.num_warps} s{self.num_stages}"
 
 
-#: Feature chunk sizes the launchers pick: BLOCK_D = the smallest of these that holds D; larger D
-#: loops over chunks of the last one (SINGLE_D=False). 16 is tl.dot's smallest K.
-BLOCK_D_CHOICES = (16, 32, 64, 128)
-
-# Tile table: (kernel, dtype class, BLOCK_D) -> (BLOCK_M, BLOCK_N, num_warps, num_stages).
-# Filled in below from the compile report; see TILE_NOTES.
-_TILES: dict[tuple[str, str, int], tuple[int, int, int, int]] = {}
-for _bd in BLOCK_D_CHOICES:
-    _TILES[("fwd", "16bit", _bd)] = (128, 64, 8, 3)
-    _TILES[("bwd", "16bit", _bd)] = (64, 64, 4, 3)
-    _TILES[("fwd", "fp32", _bd)] = (64, 64, 4, 3)
-    _TILES[("bwd", "fp32", _bd)] = (64, 32, 4, 3)
+# Tile table: (kernel, dtype class) -> BLOCK_D choices and (BLOCK_M, BLOCK_N, num_warps, num_stages)
+# per BLOCK_D. The launcher takes the smallest single-chunk BLOCK_D that holds D; wider D loops
+# over chunks of `_CHUNK_D` (SINGLE_D=False). tl.dot needs every dimension >= 16.
+#
+# How these were chosen (ahead-of-time compile reports, `simclr-fast check-kernels` and a wider
+# sweep of candidates, on the 2-core dev box, 2026-11-22; registers/spills from cuobjdump, no GPU
+# timing exists for any of them):
+# - fwd, fp16/bf16, BLOCK_D <= 128: M128 N64, 8 warps, 3 stages: 127 regs (sm_80) / 66 (sm_90), no
+#   spills, wgmma on sm_90, 49 KiB shared at BLOCK_D 128. 4 warps at M128 needs 236 regs at
+#   BLOCK_D 128 (sm_80); M128 N128 8 warps 170 regs: larger tiles were not needed to get wgmma.
+# - bwd, fp16/bf16: it holds the S tile, the G tile and a (BLOCK_M, BLOCK_D) fp32 accumulator.
+#   M64 N64 4 warps spills on sm_80 (255 regs, 6 LDL/STL at BLOCK_D 64), M128 N64 8 warps spills
+#   on sm_80 at BLOCK_D 128; M64 N32 4 warps: 177/162 regs at BLOCK_D 64, 255/221 at BLOCK_D 128,
+#   no spills on either arch, wgmma on sm_90 (BLOCK_M 64 = one warpgroup's M).
+# - D > 128 (16-bit) and D > 64 (fp32): chunks of 64. With chunks of 128 every candidate spilled
+#   (hundreds of LDL/STL: the G tile stays live across the chunk loop).
+# - fp32 (exact, FMA dot products: tl.dot with input_precision="ieee"): the operands and the
+#   product live in registers, so tiles are small: M32 N32 4 warps, 2 stages: 70/66 regs at
+#   BLOCK_D 64; M64 N32 spilled at BLOCK_D 128 on sm_90 and M64 N64 on sm_80 at BLOCK_D 64.
+_CHUNK_D = 64
+_BLOCK_D_CHOICES = {"16bit": (64, 128), "fp32": (64,)}
+_TILES: dict[tuple[str, str], tuple[int, int, int, int]] = {
+    ("fwd", "16bit"): (128, 64, 8, 3),
+    ("bwd", "16bit"): (64, 32, 4, 3),
+    ("fwd", "fp32"): (32, 32, 4, 2),
+    ("bwd", "fp32"): (32, 32, 4, 2),
+}
 
 
 def _dtype_class(dtype: torch.dtype) -> str:
@@ -98,64 +128,36 @@ def _dtype_class(dtype: torch.dtype) -> str:
 
 def pick_config(kernel: str, dtype: torch.dtype, d: int) -> KernelConfig:
     """The configuration the launcher uses for ``kernel`` ("fwd"/"bwd") on ``dtype`` inputs of width ``d``."""
-    for bd in BLOCK_D_CHOICES:
+    cls = _dtype_class(dtype)
+    bm, bn, warps, stages = _TILES[(kernel, cls)]
+    for bd in _BLOCK_D_CHOICES[cls]:
         if d <= bd:
-            single = True
-            break
-    else:
-        bd, single = BLOCK_D_CHOICES[-1], False
-    bm, bn, warps, stages = _TILES[(kernel, _dtype_class(dtype), bd)]
-    return KernelConfig(bm, bn, bd, single, warps, stages)
+            return KernelConfig(bm, bn, bd, True, warps, stages)
+    return KernelConfig(bm, bn, _CHUNK_D, False, warps, stages)
 
 
 def all_configs(kernel: str, dtype: torch.dtype) -> list[KernelConfig]:
     """Every configuration ``pick_config`` can return for ``kernel`` and ``dtype`` (for check-kernels)."""
-    widths = [*BLOCK_D_CHOICES, BLOCK_D_CHOICES[-1] + 1]
-    seen: dict[KernelConfig, None] = {}
-    for d in widths:
-        seen[pick_config(kernel, dtype, d)] = None
-    return list(seen)
+    widths = [*_BLOCK_D_CHOICES[_dtype_class(dtype)], 10**6]
+    return list(dict.fromkeys(pick_config(kernel, dtype, d) for d in widths))
 
 
-def kernel_precision(dtype: torch.dtype) -> str:
-    """``input_precision`` handed to ``tl.dot`` for inputs of ``dtype``."""
-    return fp32_input_precision() if dtype == torch.float32 else "ieee"
+#: ``input_precision`` of every ``tl.dot``: fp32 inputs get exact fp32 products (FMA, no TF32);
+#: fp16/bf16 products are exact in fp32 anyway, on tensor cores. TF32 is not offered: it would be
+#: another set of configurations to check, and bf16 inputs already give tensor-core speed.
+INPUT_PRECISION = "ieee"
 
 
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
 
-_RUNNABLE: dict[tuple[int, bool], object] = {}
-
-
-def _runnable(kernel):
-    """``kernel`` in the flavour the current ``TRITON_INTERPRET`` asks for.
-
-    ``@triton.jit`` decides between compiled and interpreted at decoration time (it reads
-    ``TRITON_INTERPRET`` when the module is imported); re-wrapping the plain function here lets the
-    variable be set or cleared after :mod:`triton_kernels` was imported.
-    """
-    from triton.runtime.interpreter import InterpretedFunction
-
-    interp = interpreting()
-    if isinstance(kernel, InterpretedFunction) == interp:
-        return kernel
-    key = (id(kernel), interp)
-    if key not in _RUNNABLE:
-        _RUNNABLE[key] = InterpretedFunction(kernel.fn) if interp else triton.JITFunction(kernel.fn)
-    return _RUNNABLE[key]
-
-
 def _check_device(t: torch.Tensor, name: str) -> None:
     if t.device.type == "cuda":
         return
     if t.device.type == "cpu" and interpreting():
         return
-    raise ValueError(
-        f"{name} is on {t.device}: the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for "
-        "testing); use backend='cpu' or 'torch' on CPU"
-    )
+    raise ValueError(f"{name} is on {t.device}: {_interpret_reason()}")
 
 
 def _check_z(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> None:
@@ -191,7 +193,7 @@ def ntxent_fwd(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) 
     cfg = pick_config("fwd", z.dtype, d)
     lse = torch.empty(row_count, dtype=torch.float32, device=z.device)
     grid = (triton.cdiv(row_count, cfg.block_m),)
-    _runnable(triton_kernels._ntxent_fwd_kernel)[grid](
+    triton_kernels._ntxent_fwd_kernel[grid](
         z,
         lse,
         n,
@@ -204,7 +206,7 @@ def ntxent_fwd(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) 
         BLOCK_N=cfg.block_n,
         BLOCK_D=cfg.block_d,
         SINGLE_D=cfg.single_d,
-        INPUT_PRECISION=kernel_precision(z.dtype),
+        INPUT_PRECISION=INPUT_PRECISION,
         UPCAST_OPERANDS=interpreting() and z.dtype == torch.bfloat16,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -238,7 +240,7 @@ def ntxent_bwd(
     alloc = torch.empty if cfg.single_d else torch.zeros  # multi-chunk D accumulates in place
     dz = alloc((row_count, d), dtype=torch.float32, device=z.device)
     grid = (triton.cdiv(row_count, cfg.block_m),)
-    _runnable(triton_kernels._ntxent_bwd_kernel)[grid](
+    triton_kernels._ntxent_bwd_kernel[grid](
         z,
         lse,
         coef,
@@ -255,7 +257,7 @@ def ntxent_bwd(
         BLOCK_N=cfg.block_n,
         BLOCK_D=cfg.block_d,
         SINGLE_D=cfg.single_d,
-        INPUT_PRECISION=kernel_precision(z.dtype),
+        INPUT_PRECISION=INPUT_PRECISION,
         UPCAST_OPERANDS=interpreting() and z.dtype == torch.bfloat16,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -315,10 +317,7 @@ class TritonBackend(Backend):
             return None
         if device.type == "cpu" and interpreting():
             return None
-        return (
-            "the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 for testing); "
-            "use backend='cpu' or 'torch' on CPU"
-        )
+        return _interpret_reason()
 
     def kernel_dtype(self, dtype: torch.dtype) -> torch.dtype:
         # 16-bit inputs stay 16-bit so tl.dot runs on tensor cores; the kernels accumulate in fp32.
