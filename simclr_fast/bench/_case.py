@@ -13,6 +13,7 @@ standard output.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import sys
 import time
@@ -39,6 +40,30 @@ def _is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(w in text for w in _OOM_WORDS)
+
+
+def _oom_note(exc: BaseException, spec: dict) -> str:
+    """A short reason: how much could not be allocated, under which cap."""
+    text = str(exc)
+    m = re.search(r"tried to allocate ([0-9.]+) ?(bytes|[KMG]i?B)", text)
+    if m:
+        scale = {
+            "bytes": 1,
+            "KiB": 2**10,
+            "MiB": 2**20,
+            "GiB": 2**30,
+            "KB": 1e3,
+            "MB": 1e6,
+            "GB": 1e9,
+        }
+        size = float(m.group(1)) * scale.get(m.group(2), 1)
+        if spec["device"].startswith("cuda"):
+            return f"allocating {size / 2**20:.1f} MB failed on the GPU"
+        cap = spec.get("rlimit_bytes")
+        under = f" under the {cap / 2**20:.0f} MB cap (RLIMIT_AS)" if cap else ""
+        return f"allocating {size / 2**20:.1f} MB failed{under}"
+    first = text.splitlines()[0][:200] if text else ""
+    return f"{type(exc).__name__}: {first}"
 
 
 def _inputs(
@@ -104,7 +129,7 @@ def run_case(spec: dict) -> dict:
             result = {
                 **result,
                 "status": "oom",
-                "note": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                "note": _oom_note(exc, spec),
             }
         else:
             result = {

@@ -45,7 +45,7 @@ def plot_cases(cases: list[dict], path: str | Path, title: str = "") -> Path | N
                 ax_m.plot(
                     xs, [max(c["peak_mb"], 1e-2) for c in ok], marker="o", color=colors[p], label=p
                 )
-            for c in bad:
+            for k, c in enumerate(sorted(bad, key=lambda c: c["n"])):
                 for ax in (ax_t, ax_m):
                     ax.plot(
                         [c["n"]],
@@ -57,26 +57,32 @@ def plot_cases(cases: list[dict], path: str | Path, title: str = "") -> Path | N
                         transform=ax.get_xaxis_transform(),
                         clip_on=False,
                         linestyle="none",
+                        label=f"{p}: {c['status']} from 2B = {c['n']}"
+                        if k == 0 and ax is ax_t
+                        else None,
                     )
         for ax, ylabel in (
             (ax_t, "forward+backward time (ms), median, IQR bars"),
             (ax_m, "peak memory beyond inputs (MB)"),
         ):
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
+            if any(c["status"] == "ok" for c in sel):
+                ax.set_yscale("log")
             ax.set_xlabel("2B (rows of the similarity matrix)")
             ax.set_ylabel(ylabel)
             ax.grid(True, which="both", alpha=0.3)
+            failed = any(c["status"] in FAILED for c in sel)
             ax.set_title(
                 f"D = {d}, {dtype}"
                 + (
-                    "   (x on the top edge: out of memory / timeout)"
-                    if any(c["status"] in FAILED for c in sel)
+                    "   (x on the top edge: out of memory / over the cap / timeout)"
+                    if failed
                     else ""
                 ),
                 fontsize=9,
             )
-        ax_t.legend(fontsize=8)
+        if ax_t.get_legend_handles_labels()[0]:
+            ax_t.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -134,8 +134,11 @@ def render_table(header: list[str], rows: list[list[str]], align: str | None = N
     """
     ncol = len(header)
     align = align or ("l" + "r" * (ncol - 1))
-    full = [r for r in rows if len(r) == ncol]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *full)]
+    widths = [len(h) for h in header]
+    for r in rows:
+        cells = r if len(r) == ncol else r[:-1]  # a status row's key cells count, its text spans
+        for i, c in enumerate(cells):
+            widths[i] = max(widths[i], len(str(c)))
 
     def line(cells: list[str]) -> str:
         parts = []

@@ -455,7 +455,7 @@ def collect(args: argparse.Namespace) -> dict:
         elif check_estimate and est > cap:
             result = {
                 "status": "over-cap",
-                "note": f"needs ~{est / 2**30:.1f} GB (estimated) > memory cap {cap / 2**30:.1f} GB",
+                "note": f"needs ~{_fmt_bytes(est)} (estimated) > memory cap {_fmt_bytes(cap)}",
             }
         else:
             result = runner(spec, timeout)
@@ -474,6 +474,10 @@ def collect(args: argparse.Namespace) -> dict:
         runner.close()
     warnings = _derive(cases, matmul)
     return {"cases": cases, "matmul": matmul, "meta": meta, "notes": notes, "warnings": warnings}
+
+
+def _fmt_bytes(x: float) -> str:
+    return f"{x / 2**30:.1f} GB" if x >= 2**30 else f"{x / 2**20:.0f} MB"
 
 
 def _log(msg: str) -> None:
@@ -552,7 +556,7 @@ def format_header(result: dict, args: argparse.Namespace) -> str:
             f"{mm['gflops_best']:.1f} GFLOP/s (best of 3; median {mm['gflops_median']:.1f})"
         )
     lines.append(
-        f"memory cap per case: {meta['mem_cap_bytes'] / 2**30:.2f} GB (--mem-check {args.mem_check})"
+        f"memory cap per case: {_fmt_bytes(meta['mem_cap_bytes'])} (--mem-check {args.mem_check})"
     )
     lines += result["notes"]
     return "\n".join(lines)
