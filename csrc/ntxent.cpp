@@ -53,8 +53,10 @@ using simclr_fast_tiles::TileOps;
 
 // Rows (and columns) per tile. Measured 2026-11-22 on the 2-core AMD EPYC (Zen 3, AVX2) dev
 // machine, fwd+bwd at 2B = 16384, D = 128, 2 threads (benchmarks/bench_cpu_kernel.py --tiles):
-// see the table in that script's module docstring. Override with SIMCLR_FAST_CPU_TILE.
-constexpr int64_t kDefaultTile = 256;
+// see the table in that script's module docstring. Override with SIMCLR_FAST_CPU_TILE (rows) and
+// SIMCLR_FAST_CPU_TILE_COLS (columns per chunk; default max(rows, kDefaultTileCols)).
+constexpr int64_t kDefaultTileRows = 256;
+constexpr int64_t kDefaultTileCols = 256;
 
 // Largest shift c for the one-exponential path: e^{−2c} >= e^{−80} ≈ 1.8e-35 stays above
 // FLT_MIN ≈ 1.2e-38. A bound from fp32's range, not a measurement.
@@ -91,27 +93,38 @@ const TileOps& select_ops() {
   return cpu_has_avx2() ? simclr_fast_tiles::tile_ops_avx2() : simclr_fast_tiles::tile_ops_generic();
 }
 
-int64_t tile_size() {
-  const char* env = std::getenv("SIMCLR_FAST_CPU_TILE");
-  if (env == nullptr || *env == '\0') return kDefaultTile;
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
   char* end = nullptr;
   const long long t = std::strtoll(env, &end, 10);
-  TORCH_CHECK(end != nullptr && *end == '\0' && t >= 8 && t <= 4096,
-              "SIMCLR_FAST_CPU_TILE must be an integer in [8, 4096], got '", env, "'");
+  TORCH_CHECK(end != nullptr && *end == '\0' && t >= 8 && t <= 8192, name,
+              " must be an integer in [8, 8192], got '", env, "'");
   return static_cast<int64_t>(t);
 }
 
-// Tiles of the owned rows O = [r0, r0 + rc) against all N columns, row tile by row tile:
-// the diagonal tile, the tiles right of it inside O, then the columns outside O.
-std::vector<Tile> make_schedule(int64_t n, int64_t r0, int64_t rc, int64_t t) {
+// Rows per tile and columns per chunk.
+struct TileShape {
+  int64_t rows, cols;
+};
+
+TileShape tile_shape() {
+  const int64_t rows = env_int("SIMCLR_FAST_CPU_TILE", kDefaultTileRows);
+  return {rows, env_int("SIMCLR_FAST_CPU_TILE_COLS", std::max(rows, kDefaultTileCols))};
+}
+
+// Tiles of the owned rows O = [r0, r0 + rc) against all N columns, row block by row block: the
+// square diagonal tile, then the columns right of it inside O and the columns outside O, in
+// chunks of `tj` columns (a chunk needs no square shape: only the diagonal tile does).
+std::vector<Tile> make_schedule(int64_t n, int64_t r0, int64_t rc, int64_t ti, int64_t tj) {
   std::vector<Tile> tiles;
   const int64_t r1 = r0 + rc;
-  for (int64_t i0 = r0; i0 < r1; i0 += t) {
-    const int64_t ni = std::min(t, r1 - i0);
+  for (int64_t i0 = r0; i0 < r1; i0 += ti) {
+    const int64_t ni = std::min(ti, r1 - i0);
     tiles.push_back({i0, ni, i0, ni, kDiag});
-    for (int64_t j0 = i0 + ni; j0 < r1; j0 += t) tiles.push_back({i0, ni, j0, std::min(t, r1 - j0), kSym});
-    for (int64_t j0 = 0; j0 < r0; j0 += t) tiles.push_back({i0, ni, j0, std::min(t, r0 - j0), kRect});
-    for (int64_t j0 = r1; j0 < n; j0 += t) tiles.push_back({i0, ni, j0, std::min(t, n - j0), kRect});
+    for (int64_t j0 = i0 + ni; j0 < r1; j0 += tj) tiles.push_back({i0, ni, j0, std::min(tj, r1 - j0), kSym});
+    for (int64_t j0 = 0; j0 < r0; j0 += tj) tiles.push_back({i0, ni, j0, std::min(tj, r0 - j0), kRect});
+    for (int64_t j0 = r1; j0 < n; j0 += tj) tiles.push_back({i0, ni, j0, std::min(tj, n - j0), kRect});
   }
   return tiles;
 }
@@ -160,15 +173,15 @@ at::Tensor ntxent_fwd_cpu(const at::Tensor& z_in, int64_t row_start, int64_t row
   const double c = shift_bound(zp, n, d, inv_tau);
   const bool fast = c <= kFastShiftMax;
   const TileOps& ops = select_ops();
-  const int64_t t = tile_size();
-  const std::vector<Tile> tiles = make_schedule(n, r0, rc, t);
+  const TileShape ts = tile_shape();
+  const std::vector<Tile> tiles = make_schedule(n, r0, rc, ts.rows, ts.cols);
   const int64_t tasks = num_tasks(tiles.size());
   std::vector<double> sums(tasks * rc, 0.0), maxs(fast ? 0 : tasks * rc, 0.0);
 
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     at::AutoDispatchBelowADInplaceOrView guard;  // plain tensors: skip autograd in worker threads
-    at::Tensor buf = at::empty({t * t}, z.options());
-    std::vector<float> scratch(3 * t);
+    at::Tensor buf = at::empty({ts.rows * std::max(ts.rows, ts.cols)}, z.options());
+    std::vector<float> scratch(2 * std::max(ts.rows, ts.cols) + ts.rows);
     for (int64_t task = begin; task < end; ++task) {
       double* sum = sums.data() + task * rc;
       double* mx = fast ? nullptr : maxs.data() + task * rc;
@@ -238,15 +251,15 @@ at::Tensor ntxent_bwd_cpu(const at::Tensor& z_in, const at::Tensor& lse_in, cons
     u[k] = static_cast<float>(uk);
   }
   const TileOps& ops = select_ops();
-  const int64_t t = tile_size();
-  const std::vector<Tile> tiles = make_schedule(n, r0, rc, t);
+  const TileShape ts = tile_shape();
+  const std::vector<Tile> tiles = make_schedule(n, r0, rc, ts.rows, ts.cols);
   const int64_t tasks = num_tasks(tiles.size());
   // Task 0 accumulates straight into `out`; the others into their own (rc, D) partials.
   at::Tensor parts = at::zeros({tasks - 1, rc, d}, z.options());
 
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    at::Tensor buf = at::empty({t * t}, z.options());
+    at::Tensor buf = at::empty({ts.rows * std::max(ts.rows, ts.cols)}, z.options());
     for (int64_t task = begin; task < end; ++task) {
       at::Tensor dz = task == 0 ? out : parts[task - 1];
       for (size_t k = task; k < tiles.size(); k += tasks) {

@@ -1,0 +1,319 @@
+"""The CPU kernel's figures (issue #4): fused C++ vs the naive loss, torch.compile of it and the GEMM floor.
+
+Every case runs in its own subprocess (a clean heap and its own peak-memory count), in one run so
+the ratios are taken on the same machine state. Forward + backward, fp32, ``D = 128``:
+
+- ``cpu``: ``simclr_fast.nt_xent(..., backend="cpu")``, 2 threads and 1 thread (scaling);
+- ``naive``: the reference loss (:func:`simclr_fast.nt_xent_reference`) in eager mode;
+- ``naive-compile``: ``torch.compile`` of the same function (compiled once, before timing);
+- ``mm``: a 4096³ ``torch.mm``, whose GFLOP/s sets the floor ``4·N²·D / GFLOP/s`` of the
+  symmetric algorithm (forward ``N²·D``, backward ``3·N²·D``).
+
+Peak memory is the growth of the process's peak RSS during the timed runs, above its RSS just
+before them (inputs, warm-up and compilation excluded): the high-water mark is reset through
+``/proc/self/clear_refs`` and read from ``VmHWM``.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_cpu_kernel.py                 # the issue's figures (~4 min)
+    .venv/bin/python benchmarks/bench_cpu_kernel.py --tiles 128,256,512 --skip-naive --no-big
+
+Tile size (csrc/ntxent.cpp, kDefaultTile): measured with ``--tiles`` on the 2-core AMD EPYC
+(Zen 3, AVX2) dev machine, 2026-11-22, 2B = 16384, D = 128, fwd+bwd, 2 threads; see the
+``TILE_MEASUREMENT`` note below for the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+TILE_MEASUREMENT = """
+2026-11-22, 2-core AMD EPYC (Zen 3, AVX2, shared machine), torch 2.13.0+cpu, 2B = 16384, D = 128,
+fwd+bwd median of 3, 2 threads: filled in from `--tiles` runs (see the commit that set kDefaultTile).
+"""
+
+GOALS = {"naive_over_cpu": 3.5, "compile_over_cpu": 1.5, "cpu_over_floor": 1.25, "rss_mb": 64.0}
+
+
+# ---- one case, in a subprocess -------------------------------------------------------------------
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _run_case(spec: dict) -> dict:
+    import gc
+
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    if spec.get("tile"):
+        os.environ["SIMCLR_FAST_CPU_TILE"] = str(spec["tile"])
+    torch.manual_seed(0)
+    provider, n, d = spec["provider"], spec["n"], spec["d"]
+
+    if provider == "mm":
+        a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+        torch.mm(a, b)
+        times = []
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t0)
+        return {"times": times, "gflops": 2 * 4096**3 / statistics.median(times) / 1e9}
+
+    import simclr_fast
+    from simclr_fast.reference import nt_xent_reference
+
+    b = n // 2
+    out0 = torch.randn(b, d, requires_grad=True)
+    out1 = torch.randn(b, d, requires_grad=True)
+    if provider == "cpu":
+
+        def fn(x, y):
+            return simclr_fast.nt_xent(x, y, 0.5, backend="cpu")
+
+    elif provider == "torch":
+
+        def fn(x, y):
+            return simclr_fast.nt_xent(x, y, 0.5, backend="torch")
+
+    elif provider == "naive":
+
+        def fn(x, y):
+            return nt_xent_reference(x, y, 0.5)
+
+    elif provider == "naive-compile":
+        fn = torch.compile(lambda x, y: nt_xent_reference(x, y, 0.5))
+    else:
+        raise ValueError(provider)
+
+    def once():
+        out0.grad = out1.grad = None
+        t0 = time.perf_counter()
+        loss = fn(out0, out1)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
+
+    compile_s = None
+    if spec["warmup"]:
+        t0 = time.perf_counter()
+        once()
+        compile_s = time.perf_counter() - t0
+    out0.grad = out1.grad = None
+    gc.collect()
+    exact = _reset_peak()
+    base_kb = _rss_kb("VmRSS")
+    fwd, bwd = [], []
+    for _ in range(spec["repeats"]):
+        f, g = once()
+        fwd.append(f)
+        bwd.append(g)
+    peak_kb = _rss_kb("VmHWM")  # without the reset: the all-time peak (an upper bound)
+    return {
+        "times": [f + g for f, g in zip(fwd, bwd)],
+        "fwd": fwd,
+        "bwd": bwd,
+        "warmup_s": compile_s,
+        "rss_growth_mb": (peak_kb - base_kb) / 1024,
+        "peak_reset": exact,
+        "isa": _isa(),
+    }
+
+
+def _isa() -> str | None:
+    from simclr_fast import _extension
+
+    return _extension.cpu_isa()
+
+
+def run_case(spec: dict, timeout: float) -> dict:
+    """Run one case in a fresh interpreter; a failure is reported, not raised."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(spec["threads"])
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--case", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {**spec, "error": (proc.stderr or proc.stdout)[-800:]}
+    return {**spec, **json.loads(lines[-1])}
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+
+def _median(r: dict, key: str = "times") -> float:
+    return statistics.median(r[key])
+
+
+def _row(name: str, r: dict, flops: float | None, floor_gflops: float | None) -> str:
+    if "error" in r:
+        return (
+            f"{name:<28} ERROR {r['error'].strip().splitlines()[-1] if r['error'].strip() else ''}"
+        )
+    t = _median(r)
+    spread = f"{min(r['times']):.3f}-{max(r['times']):.3f}"
+    rate = f"{flops / t / 1e9:7.1f}" if flops else "      -"
+    pct = f"{100 * flops / t / 1e9 / floor_gflops:5.0f}%" if flops and floor_gflops else "     -"
+    mem = f"{r['rss_growth_mb']:9.1f}" if "rss_growth_mb" in r else "        -"
+    fb = f"{_median(r, 'fwd'):.3f}/{_median(r, 'bwd'):.3f}" if "fwd" in r else "-"
+    return f"{name:<28} {t:8.3f} {spread:>15} {fb:>13} {rate} {pct} {mem}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, default=16384, help="2B, rows of z (default 16384)")
+    p.add_argument("--d", type=int, default=128)
+    p.add_argument("--big", type=int, default=65536, help="2B of the run the naive loss cannot do")
+    p.add_argument("--no-big", action="store_true", help="skip the 2B = --big run")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--skip-naive", action="store_true", help="skip the eager and compiled naive loss"
+    )
+    p.add_argument("--tiles", help="comma-separated tile sizes to compare (cpu backend, 2 threads)")
+    p.add_argument("--json", help="write all results to this file")
+    args = p.parse_args(argv)
+
+    if args.case:
+        print(json.dumps(_run_case(json.loads(args.case))))
+        return 0
+
+    import torch
+
+    n, d = args.n, args.d
+    work = 4 * n * n * d  # the symmetric algorithm's FLOPs, forward + backward
+    results: dict[str, dict] = {}
+
+    def case(
+        key, provider, threads=2, n_=n, repeats=args.repeats, warmup=True, timeout=900, tile=None
+    ):
+        spec = {
+            "provider": provider,
+            "n": n_,
+            "d": d,
+            "threads": threads,
+            "repeats": repeats,
+            "warmup": warmup,
+        }
+        if tile:
+            spec["tile"] = tile
+        print(f"... {key}", file=sys.stderr, flush=True)
+        results[key] = run_case(spec, timeout)
+
+    case("mm", "mm", repeats=5)
+    floor_gflops = results["mm"].get("gflops")
+    floor_s = work / floor_gflops / 1e9 if floor_gflops else None
+    if args.tiles:
+        for t in args.tiles.split(","):
+            case(f"cpu tile={t}", "cpu", tile=int(t))
+    else:
+        case("cpu", "cpu")
+        case("cpu 1 thread", "cpu", threads=1)
+        if not args.skip_naive:
+            case("naive", "naive", repeats=max(2, args.repeats - 1))
+            case("naive-compile", "naive-compile", repeats=max(2, args.repeats - 1))
+        if not args.no_big:
+            case(f"cpu 2B={args.big}", "cpu", n_=args.big, repeats=1, warmup=False, timeout=1800)
+    case("mm (after)", "mm", repeats=5)
+
+    head = f"{'case':<28} {'median s':>8} {'spread s':>15} {'fwd/bwd s':>13} {'GFLOP/s':>7} {'%mm':>6} {'RSS+ MB':>9}"
+    print(
+        f"\nNT-Xent fwd+bwd, fp32, 2B = {n}, D = {d}; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, kernels: {results.get('cpu', {}).get('isa')}"
+    )
+    print(head)
+    print("-" * len(head))
+    flops_of = {"cpu": work, "naive": 6 * n * n * d, "naive-compile": 6 * n * n * d}
+    for key, r in results.items():
+        if key.startswith("mm"):
+            if "gflops" in r:
+                print(
+                    f"{key:<28} {_median(r):8.3f} {'':>15} {'':>13} {r['gflops']:7.1f}  4096³ sgemm"
+                )
+            else:
+                print(_row(key, r, None, None))
+            continue
+        flops = flops_of.get(r["provider"], work) * (r["n"] / n) ** 2
+        print(_row(key, r, flops, floor_gflops))
+    if floor_s:
+        print(f"{'GEMM floor 4·N²·D':<28} {floor_s:8.3f}")
+
+    cpu = results.get("cpu")
+    if cpu and "error" not in cpu:
+        t = _median(cpu)
+        print("\nratios (goal):")
+        for key, goal_key, label in (
+            ("naive", "naive_over_cpu", "naive eager / cpu"),
+            ("naive-compile", "compile_over_cpu", "torch.compile naive / cpu"),
+        ):
+            r = results.get(key)
+            if r and "error" not in r:
+                ratio = _median(r) / t
+                ok = "ok" if ratio >= GOALS[goal_key] else "MISS"
+                print(f"  {label:<28} {ratio:6.2f}x  (>= {GOALS[goal_key]})  {ok}")
+        if floor_s:
+            ratio = t / floor_s
+            ok = "ok" if ratio <= GOALS["cpu_over_floor"] else "MISS"
+            print(f"  {'cpu / GEMM floor':<28} {ratio:6.2f}x  (<= {GOALS['cpu_over_floor']})  {ok}")
+        ok = "ok" if cpu["rss_growth_mb"] <= GOALS["rss_mb"] else "MISS"
+        print(
+            f"  {'cpu peak RSS growth':<28} {cpu['rss_growth_mb']:6.1f} MB (<= {GOALS['rss_mb']:.0f})  {ok}"
+        )
+        one = results.get("cpu 1 thread")
+        if one and "error" not in one:
+            print(f"  {'thread scaling 1 -> 2':<28} {_median(one) / t:6.2f}x")
+    if args.json:
+        meta = {
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "n": n,
+            "d": d,
+            "time": time.time(),
+        }
+        with contextlib.suppress(OSError):
+            meta["commit"] = subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(__file__),
+            ).stdout.strip()
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
