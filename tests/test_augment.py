@@ -340,6 +340,7 @@ def test_solarize_and_per_view_overrides():
         ({"mean": (0.5, 0.5, 0.5)}, ValueError, "both mean and std"),
         ({"mean": (0.5,), "std": (0.0,)}, ValueError, "std must be positive"),
         ({"seed": 0, "generator": torch.Generator()}, ValueError, "at most one"),
+        ({"cpu_block_bytes": 0}, ValueError, "cpu_block_bytes"),
     ],
 )
 def test_constructor_errors(kwargs, exc, match):
@@ -398,3 +399,13 @@ def test_cuda_stays_on_device_without_sync():
     cpu_gen = torch.Generator()
     with pytest.raises(ValueError, match="generator is on"):
         aug(x, generator=cpu_gen)
+
+
+@pytest.mark.parametrize("recipe,channels", [("simclr-imagenet", 3), ("byol", 3), ("digits", 1)])
+def test_cpu_blocking_does_not_change_results(recipe, channels):
+    x = _images(10, channels, 24)
+    kw = {"size": 16, "seed": 4, "dtype": torch.bfloat16, "memory_format": torch.channels_last}
+    whole = SimCLRAugment(recipe, cpu_block_bytes=None, **kw)(x)
+    blocks = SimCLRAugment(recipe, cpu_block_bytes=3 * 4 * 16 * 16 * 3, **kw)(x)  # 3 images
+    assert blocks[0].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(whole[0], blocks[0]) and torch.equal(whole[1], blocks[1])
