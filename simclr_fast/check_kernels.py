@@ -59,7 +59,11 @@ KERNELS = ("fwd", "bwd")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``simclr-fast check-kernels``."""
     parser.add_argument(
-        "--arch", nargs="+", choices=sorted(ARCHS), default=sorted(ARCHS), help="target architectures"
+        "--arch",
+        nargs="+",
+        choices=sorted(ARCHS),
+        default=sorted(ARCHS),
+        help="target architectures",
     )
     parser.add_argument(
         "--dtype",
@@ -69,7 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="input dtypes",
     )
     parser.add_argument(
-        "--jobs", type=int, default=min(4, os.cpu_count() or 1), help="compiler processes (default: min(4, cores))"
+        "--jobs",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="compiler processes (default: min(4, cores))",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the rows as a JSON list to PATH")
 
@@ -78,7 +85,9 @@ def _signature(kernel: str, elem: str) -> dict[str, str]:
     ptrs = {"z_ptr": f"*{elem}", "lse_ptr": "*fp32"}
     if kernel == "bwd":
         ptrs.update({"coef_ptr": "*fp32", "out_scale_ptr": "*fp32", "dz_ptr": "*fp32"})
-    ints = ["N", "D", "row_start", "row_count", "stride_z"] + (["stride_dz"] if kernel == "bwd" else [])
+    ints = ["N", "D", "row_start", "row_count", "stride_z"] + (
+        ["stride_dz"] if kernel == "bwd" else []
+    )
     return {**ptrs, **{name: "i32" for name in ints}, "qk_scale": "fp32"}
 
 
@@ -113,8 +122,14 @@ def compile_one(spec: dict) -> dict:
     }
     signature.update({name: "constexpr" for name in constexprs})
     if type(fn).__name__ != "JITFunction":
-        raise RuntimeError("check-kernels must run in a process that imported Triton without TRITON_INTERPRET=1")
-    aligned = [i for i, name in enumerate(fn.arg_names) if name.endswith("_ptr") or name.startswith("stride_")]
+        raise RuntimeError(
+            "check-kernels must run in a process that imported Triton without TRITON_INTERPRET=1"
+        )
+    aligned = [
+        i
+        for i, name in enumerate(fn.arg_names)
+        if name.endswith("_ptr") or name.startswith("stride_")
+    ]
     attrs = {(i,): [["tt.divisibility", 16]] for i in aligned}
     arch = ARCHS[spec["arch"]]
     start = time.perf_counter()
@@ -122,7 +137,11 @@ def compile_one(spec: dict) -> dict:
         compiled = triton.compile(
             ASTSource(fn, signature, constexprs, attrs),
             target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"], "enable_fp_fusion": True},
+            options={
+                "num_warps": spec["num_warps"],
+                "num_stages": spec["num_stages"],
+                "enable_fp_fusion": True,
+            },
         )
     except Exception as exc:  # report, don't crash the whole table
         row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
@@ -134,10 +153,16 @@ def compile_one(spec: dict) -> dict:
         with open(path, "wb") as f:
             f.write(compiled.asm["cubin"])
         usage = subprocess.run(
-            [os.path.join(bindir, "cuobjdump"), "--dump-resource-usage", path], capture_output=True, text=True, check=True
+            [os.path.join(bindir, "cuobjdump"), "--dump-resource-usage", path],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         sass = subprocess.run(
-            [os.path.join(bindir, "cuobjdump"), "-sass", path], capture_output=True, text=True, check=True
+            [os.path.join(bindir, "cuobjdump"), "-sass", path],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     regs = re.search(r"REG:(\d+)", usage)
     static_smem = re.search(r"SHARED:(\d+)", usage)
@@ -214,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
     # mode, which cannot compile. The variable is dropped from the environment the workers inherit.
     saved = os.environ.pop("TRITON_INTERPRET", None)
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_init
+        ) as pool:
             rows = list(pool.map(compile_one, specs))
     finally:
         if saved is not None:
@@ -246,7 +273,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m simclr_fast.check_kernels``)."""
-    parser = argparse.ArgumentParser(prog="simclr-fast check-kernels", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="simclr-fast check-kernels", description=__doc__.splitlines()[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -48,7 +48,8 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TAUS = [0.07, 0.5, -1.0]
 
 interpreted = pytest.mark.skipif(
-    not IN_PROCESS, reason="Triton was imported without TRITON_INTERPRET=1; run in a subprocess instead"
+    not IN_PROCESS,
+    reason="Triton was imported without TRITON_INTERPRET=1; run in a subprocess instead",
 )
 
 
@@ -63,7 +64,9 @@ def test_interpreter_suite_in_subprocess():
         text=True,
     )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[
+        -2000:
+    ]
 
 
 def _inputs(b: int, d: int, dtype: torch.dtype):
@@ -79,24 +82,29 @@ def _check_against_fp64(b: int, d: int, tau: float, dtype: torch.dtype) -> None:
     out0, out1 = _inputs(b, d, dtype)
     # The reference sees the same (already rounded) inputs, so only compute error is compared.
     exp = loss_and_grads(lambda x, y: nt_xent_reference(x, y, tau), out0.double(), out1.double())
+    naive = loss_and_grads(lambda x, y: nt_xent_reference(x, y, tau), out0, out1)
     got = loss_and_grads(_triton(tau), out0, out1)
     assert got[0].dtype == torch.float32
     assert got[1].dtype == got[2].dtype == dtype
-    if dtype == torch.float32:
-        torch.testing.assert_close(got[0].double(), exp[0], rtol=1e-5, atol=1e-5)
-        for g, e in zip(got[1:], exp[1:]):
-            # gradients scale like 1/(B·τ): compare relative to their size
-            torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5 * e.abs().max().item() + 1e-9)
-        return
-    naive = loss_and_grads(lambda x, y: nt_xent_reference(x, y, tau), out0, out1)
-    for what, g, n, e in zip(("loss", "grad out0", "grad out1"), got, naive, exp):
-        atol = 1e-3 * e.abs().max().item() + 1e-6
+    # Natural sizes: the loss is O(1/|tau|), a gradient entry O(1/(2B |tau|)).
+    sizes = (1 / abs(tau), 1 / (2 * b * abs(tau)), 1 / (2 * b * abs(tau)))
+    for what, g, n, e, size in zip(("loss", "grad out0", "grad out1"), got, naive, exp, sizes):
         err, naive_err = max_err(g, e), max_err(n, e)
-        assert err <= 2 * naive_err + atol, f"{what}: error {err:.3g} > 2 x naive {naive_err:.3g} + {atol:.3g}"
+        if dtype == torch.float32:
+            # tight; or as good as the naive loss run in fp32 (gradients that are exactly 0 in
+            # exact arithmetic, e.g. D = 1 where the normalization removes them, are rounding noise)
+            bound = max(1e-5 * max(e.abs().max().item(), size), 2 * naive_err)
+        else:
+            # 2x rule plus one rounding of z to the kernel dtype: the kernels see z in fp16/bf16
+            # while the positive-pair term is formed from fp32 z (simclr_fast._function), so at
+            # B = 1 (loss exactly 0 in any consistent rounding) the two differ by ~eps/|tau|.
+            eps = torch.finfo(dtype).eps
+            bound = 2 * naive_err + 1e-3 * e.abs().max().item() + eps * size
+        assert err <= bound, f"{what}: error {err:.3g} > bound {bound:.3g} (naive {naive_err:.3g})"
 
 
 # Full grid at small B; at B = 129 and 256 (several row blocks, ragged last tiles) one temperature
-# per dtype, rotating, to keep the interpreter's time down (the whole module runs in about a minute).
+# per dtype, rotating, to keep the interpreter's time down.
 @interpreted
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("tau", TAUS)
@@ -118,7 +126,6 @@ def test_matches_fp64_reference_small(b, d, tau, dtype):
         (256, 64, -1.0, torch.float32),
         (256, 128, 0.5, torch.float16),
         (256, 128, 0.07, torch.bfloat16),
-        (256, 128, 0.07, torch.float32),
     ],
     ids=str,
 )
@@ -130,7 +137,12 @@ def test_matches_fp64_reference_large(b, d, tau, dtype):
 @interpreted
 @pytest.mark.parametrize(
     "b, d, tau, dtype",
-    [(5, 129, 0.5, torch.float32), (37, 300, 0.07, torch.float32), (37, 300, 0.5, torch.bfloat16), (2, 257, -1.0, torch.float16)],
+    [
+        (5, 129, 0.5, torch.float32),
+        (37, 300, 0.07, torch.float32),
+        (37, 300, 0.5, torch.bfloat16),
+        (2, 257, -1.0, torch.float16),
+    ],
     ids=str,
 )
 def test_wide_embeddings_loop_over_feature_chunks(b, d, tau, dtype):
@@ -178,7 +190,9 @@ def test_row_sub_block_matches_torch_backend(dtype, row_start, row_count):
     lse_all = ref.forward_lse(z64, 0, n, inv_tau)
     assert lse.shape == (row_count,) and lse.dtype == torch.float32
     tol = 1e-5 if dtype == torch.float32 else 1e-4
-    torch.testing.assert_close(lse.double(), lse_all[row_start : row_start + row_count], rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        lse.double(), lse_all[row_start : row_start + row_count], rtol=tol, atol=tol
+    )
     # coef of mixed sign and size (as with a weighted or distributed loss)
     coef = torch.randn(n) / n
     dz = tri.backward_rows(z, lse_all.float(), coef, row_start, row_count, inv_tau)
@@ -199,13 +213,6 @@ def test_zero_coef_gives_zero_gradient():
     assert torch.equal(dz, torch.zeros(10, 8))
 
 
-def test_tf32_switch_changes_only_the_dot_precision(monkeypatch):
-    assert triton_backend.fp32_input_precision() == "ieee"
-    monkeypatch.setenv("SIMCLR_FAST_TF32", "1")
-    assert triton_backend.fp32_input_precision() == "tf32"
-    assert triton_backend.kernel_precision(torch.bfloat16) == "ieee"
-
-
 # ---- availability and bad input ----------------------------------------------------------------
 
 
@@ -217,7 +224,9 @@ def test_unavailable_reasons(monkeypatch):
     assert "CUDA" in backend.unavailable_reason(torch.device("meta"), torch.float32)
     monkeypatch.setattr(triton_backend, "interpreting", lambda: False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert "Triton reads it only at import" in backend.unavailable_reason(torch.device("cpu"), torch.float32)
+    assert "Triton reads it only at import" in backend.unavailable_reason(
+        torch.device("cpu"), torch.float32
+    )
     monkeypatch.delenv("TRITON_INTERPRET")
     reason = backend.unavailable_reason(torch.device("cpu"), torch.float32)
     assert "needs CUDA tensors (or TRITON_INTERPRET=1 for testing)" in reason
@@ -276,25 +285,30 @@ def test_opcheck(dtype):
     z = torch.nn.functional.normalize(torch.randn(20, 9), dim=1).to(dtype)
     torch.library.opcheck(torch.ops.simclr_fast.ntxent_fwd_triton.default, (z, 3, 11, 2.0))
     lse = torch.ops.simclr_fast.ntxent_fwd_triton(z, 0, 20, 2.0)
-    torch.library.opcheck(torch.ops.simclr_fast.ntxent_bwd_triton.default, (z, lse, torch.rand(20), 3, 11, 2.0))
+    torch.library.opcheck(
+        torch.ops.simclr_fast.ntxent_bwd_triton.default, (z, lse, torch.rand(20), 3, 11, 2.0)
+    )
 
 
 @interpreted
-@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize(
+    "compile_backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)]
+)
 def test_torch_compile_fullgraph(compile_backend):
     model = torch.nn.Linear(8, 4)
     loss_fn = NTXentLoss(temperature=0.5, backend="triton")
 
     def step(x0, x1):
-        loss = loss_fn(model(x0), model(x1))
-        loss.backward()
-        return loss.detach()
+        return loss_fn(model(x0), model(x1))
 
     x0, x1 = torch.randn(6, 8), torch.randn(6, 8)
     expected = step(x0, x1)
+    expected.backward()
     grad_expected = model.weight.grad.clone()
     model.zero_grad()
     torch._dynamo.reset()
     compiled = torch.compile(step, fullgraph=True, backend=compile_backend)
-    torch.testing.assert_close(compiled(x0, x1), expected)
+    loss = compiled(x0, x1)
+    loss.backward()  # runs the compiled graph's backward, i.e. the bwd op
+    torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(model.weight.grad, grad_expected)

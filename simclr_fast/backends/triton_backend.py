@@ -112,6 +112,8 @@ class KernelConfig:
 # - fp32 (exact, FMA dot products: tl.dot with input_precision="ieee"): the operands and the
 #   product live in registers, so tiles are small: M32 N32 4 warps, 2 stages: 70/66 regs at
 #   BLOCK_D 64; M64 N32 spilled at BLOCK_D 128 on sm_90 and M64 N64 on sm_80 at BLOCK_D 64.
+#   The fp32 backward with D chunks spilled at 2 stages on sm_80 (168 regs, 4 LDL/STL); 1 stage
+#   gives 127 regs and no spills (M32 N16 spilled, M16 N32 did not but halves the row reuse).
 _CHUNK_D = 64
 _BLOCK_D_CHOICES = {"16bit": (64, 128), "fp32": (64,)}
 _TILES: dict[tuple[str, str], tuple[int, int, int, int]] = {
@@ -119,6 +121,10 @@ _TILES: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("bwd", "16bit"): (64, 32, 4, 3),
     ("fwd", "fp32"): (32, 32, 4, 2),
     ("bwd", "fp32"): (32, 32, 4, 2),
+}
+#: Overrides for the chunked-D variant (SINGLE_D=False), same reasoning as above.
+_TILES_CHUNKED: dict[tuple[str, str], tuple[int, int, int, int]] = {
+    ("bwd", "fp32"): (32, 32, 4, 1),
 }
 
 
@@ -133,6 +139,7 @@ def pick_config(kernel: str, dtype: torch.dtype, d: int) -> KernelConfig:
     for bd in _BLOCK_D_CHOICES[cls]:
         if d <= bd:
             return KernelConfig(bm, bn, bd, True, warps, stages)
+    bm, bn, warps, stages = _TILES_CHUNKED.get((kernel, cls), (bm, bn, warps, stages))
     return KernelConfig(bm, bn, _CHUNK_D, False, warps, stages)
 
 
@@ -151,6 +158,7 @@ INPUT_PRECISION = "ieee"
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
+
 
 def _check_device(t: torch.Tensor, name: str) -> None:
     if t.device.type == "cuda":
@@ -171,18 +179,22 @@ def _check_z(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) ->
             "(use backend='torch' for float64)"
         )
     if z.stride(1) != 1:
-        raise ValueError(f"z must have unit stride along D, got strides {z.stride()}; pass z.contiguous()")
+        raise ValueError(
+            f"z must have unit stride along D, got strides {z.stride()}; pass z.contiguous()"
+        )
     n = z.shape[0]
     if n < 2:
         # Every row needs at least one non-diagonal column (N = 2B >= 2 in the public API).
         raise ValueError(f"z must have at least 2 rows, got {n}")
-    if not (0 <= row_start and 1 <= row_count and row_start + row_count <= n):
+    if not (row_start >= 0 and row_count >= 1 and row_start + row_count <= n):
         raise ValueError(
             f"rows [row_start, row_start + row_count) = [{row_start}, {row_start + row_count}) must lie "
             f"inside the {n} rows of z, with row_count >= 1"
         )
     if not (abs(inv_tau) > 0 and abs(inv_tau) <= 1e8 * (1 + 1e-6)):
-        raise ValueError(f"inv_tau must satisfy 0 < |inv_tau| <= 1e8 (|tau| >= 1e-8), got {inv_tau}")
+        raise ValueError(
+            f"inv_tau must satisfy 0 < |inv_tau| <= 1e8 (|tau| >= 1e-8), got {inv_tau}"
+        )
     _check_device(z, "z")
 
 
@@ -228,7 +240,9 @@ def ntxent_bwd(
     for name, t in (("lse", lse), ("coef", coef)):
         if not isinstance(t, torch.Tensor) or t.shape != (n,) or t.dtype != torch.float32:
             got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(f"{name} must be a float32 tensor of shape ({n},) (one per row of z), got {got}")
+            raise ValueError(
+                f"{name} must be a float32 tensor of shape ({n},) (one per row of z), got {got}"
+            )
         if t.device != z.device:
             raise ValueError(f"{name} is on {t.device} but z is on {z.device}")
     lse, coef = lse.contiguous(), coef.contiguous()
@@ -272,7 +286,9 @@ def ntxent_bwd(
 if triton is not None:
 
     @torch.library.custom_op("simclr_fast::ntxent_fwd_triton", mutates_args=())
-    def ntxent_fwd_triton(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
+    def ntxent_fwd_triton(
+        z: torch.Tensor, row_start: int, row_count: int, inv_tau: float
+    ) -> torch.Tensor:
         """Op form of :func:`ntxent_fwd`."""
         return ntxent_fwd(z, row_start, row_count, inv_tau)
 
@@ -315,15 +331,17 @@ class TritonBackend(Backend):
             if not torch.cuda.is_available():
                 return "no CUDA device is available"
             return None
-        if device.type == "cpu" and interpreting():
-            return None
-        return _interpret_reason()
+        if device.type == "cpu":
+            return None if interpreting() else _interpret_reason()
+        return f"the triton backend needs CUDA tensors, not {device.type}; use backend='torch'"
 
     def kernel_dtype(self, dtype: torch.dtype) -> torch.dtype:
         # 16-bit inputs stay 16-bit so tl.dot runs on tensor cores; the kernels accumulate in fp32.
         return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
 
-    def forward_lse(self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
+    def forward_lse(
+        self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float
+    ) -> torch.Tensor:
         return torch.ops.simclr_fast.ntxent_fwd_triton(z, row_start, row_count, inv_tau)
 
     def backward_rows(
