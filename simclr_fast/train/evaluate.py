@@ -123,7 +123,7 @@ def linear_probe(
             ]
         accs = []
         for idx in subsets:
-            clf = LogisticRegression(max_iter=2000).fit(xtr[idx], train_labels[idx])
+            clf = LogisticRegression(max_iter=1000).fit(xtr[idx], train_labels[idx])
             accs.append(float((clf.predict(xte) == test_labels).mean()))
         results[budget] = float(np.mean(accs))
     return results

@@ -493,6 +493,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
             train_seconds += seconds
             if steps_done == 0:
                 break
+            if d.enabled:  # log the mean over all ranks' rows, not rank 0's alone
+                dist.all_reduce(loss_sum)
+                loss_sum /= d.world
             done_epoch = not interrupted or step + 1 == steps_per_epoch
             row = {
                 "epoch": epoch + 1 if done_epoch else epoch + (step + 1) / steps_per_epoch,
