@@ -435,9 +435,11 @@ def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     h = h.add_(6.0 * shift.view(-1, 1, 1).to(x.dtype)).remainder_(6.0)
     out = torch.empty_like(x)
     for channel, n in enumerate((5.0, 3.0, 1.0)):
-        k = torch.remainder(h + n, 6.0)
+        # k = (h + n) mod 6 with h in [0, 6): one conditional subtraction (remainder is slower)
+        k = h + n
+        k = k.sub_((k >= 6.0).to(k.dtype), alpha=6.0)
         k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-        torch.sub(v, c * k, out=out[:, channel])
+        torch.sub(v, k.mul_(c), out=out[:, channel])
     return out
 
 
@@ -466,7 +468,8 @@ def _color_jitter(x: torch.Tensor, p: Mapping[str, torch.Tensor], vp: ViewParams
             is_c = (op == 1).to(x.dtype).view(-1, 1, 1, 1)
             is_s = (op == 2).to(x.dtype).view(-1, 1, 1, 1)
             mean = gray.mean(dim=(2, 3), keepdim=True)
-            ref = (gray * is_s + mean * is_c) * (1 - f)
+            ref = gray * (is_s * (1 - f))
+            ref = ref.add_(mean * (is_c * (1 - f)))
             x = x.mul_(f).add_(ref).clamp_(0.0, 1.0)
         else:
             x = x.mul_(f).clamp_(0.0, 1.0)
@@ -814,9 +817,10 @@ class SimCLRAugment(nn.Module):
 
     def _finish(self, y: torch.Tensor) -> torch.Tensor:
         if self.mean is not None:
-            mean = self.mean.to(device=y.device, dtype=y.dtype)
-            std = self.std.to(device=y.device, dtype=y.dtype)
-            y = y.sub_(mean).div_(std)
+            if self.mean.device != y.device:  # module not moved with .to(device): copy once
+                self.mean = self.mean.to(y.device)
+                self.std = self.std.to(y.device)
+            y = y.sub_(self.mean).div_(self.std)
         return y.to(dtype=self.dtype, memory_format=self.memory_format)
 
     def forward(
