@@ -77,8 +77,24 @@ def _inputs(
     return out0, out1
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (an interrupted run leaves no orphan
+    holding gigabytes). Best effort: a no-op where ``prctl`` is not available."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_case(spec: dict) -> dict:
     """Measure one case; returns the result fields (``status`` is ``ok``, ``oom`` or ``error``)."""
+    if spec.get("isolated", True):
+        _die_with_parent()
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])

@@ -30,8 +30,13 @@ _FUSED_BLOCK_BYTES = 3 * (1 << 22) * 4
 #: is caught by the allocation failure). ``naive``: DESIGN.md §2 counts ≈ 16·(2B)² for the naive
 #: loss; measured here 3.4 GB at 2B = 16384 (12.7·(2B)²), 16 kept as the conservative figure.
 #: ``naive-compile``: measured 1.5 GB at 2B = 16384 (5.6·(2B)², DESIGN.md §2), rounded up to 6.
-#: ``pml`` / ``lightly``: not measured at the time of writing; taken as twice the naive figure.
-_BYTES_PER_N2 = {"naive": 16, "naive-compile": 6, "pml": 32, "lightly": 32}
+#: ``lightly``: not measured (not importable here); taken as the naive figure.
+_BYTES_PER_N2 = {"naive": 16, "naive-compile": 6, "lightly": 16}
+#: pytorch-metric-learning 2.9's ``NTXentLoss`` compares every positive pair with every negative
+#: pair: its masks are ``2B × 2B(2B − 2)``, memory cubic in 2B. Seen here: 14 GB resident and
+#: growing at 2B = 1024 (2B³ = 1.07e9) before the run was stopped; 24 bytes per 2B³ element
+#: (float and bool masks, their products, exponentials, autograd's saved tensors) is an estimate.
+_BYTES_PER_N3 = {"pml": 24}
 
 #: FLOP factors (forward, backward) in units of ``(2B)²·D`` for each algorithm (DESIGN.md §2).
 ROW_WISE = (2, 4)  # one GEMM forward; recompute + G·z backward (or autograd's two GEMMs)
@@ -63,6 +68,8 @@ class Provider:
     flop_factors: tuple[int, int] = ROW_WISE
     #: bytes per N² element of its working memory (0: O(N·D) memory, fused).
     bytes_per_n2: float = 0.0
+    #: bytes per N³ element, for a provider whose memory grows with the cube of 2B.
+    bytes_per_n3: float = 0.0
     #: compiled providers compile on their first call at each size: measure memory after that call.
     compiles: bool = False
 
@@ -74,8 +81,12 @@ class Provider:
         """Rough working memory of one forward+backward beyond the inputs, in bytes."""
         elt = torch.empty((), dtype=dtype).element_size()
         vectors = 12 * n * d * 4  # z, its copies, gradients: a generous O(N·D) allowance
-        if self.bytes_per_n2:
-            return int(self.bytes_per_n2 * n * n * max(elt, 4) / 4) + vectors
+        scale = max(elt, 4) / 4
+        if self.bytes_per_n2 or self.bytes_per_n3:
+            return (
+                int((self.bytes_per_n2 * n * n + self.bytes_per_n3 * float(n) ** 3) * scale)
+                + vectors
+            )
         return _FUSED_BLOCK_BYTES + vectors
 
 
@@ -108,7 +119,7 @@ STATIC_PROVIDERS = {
         "pml",
         "pytorch-metric-learning SelfSupervisedLoss(NTXentLoss(temperature))",
         ROW_WISE,
-        _BYTES_PER_N2["pml"],
+        bytes_per_n3=_BYTES_PER_N3["pml"],
     ),
     "lightly": Provider(
         "lightly", "lightly.loss.NTXentLoss(temperature)", ROW_WISE, _BYTES_PER_N2["lightly"]

@@ -113,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
         from simclr_fast.bench._measure import machine_info
         from simclr_fast.bench._results import append_rows
+        from simclr_fast.bench.loss import command_line
 
         device = torch.device(getattr(args, "device", None) or "cpu")
         now = _dt.datetime.now(_dt.timezone.utc)
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             "timestamp": now.isoformat(timespec="seconds"),
             "run_id": now.strftime("%Y%m%dT%H%M%SZ"),
             "suite": mode,
-            "command": " ".join(sys.argv),
+            "command": command_line(),
             **machine_info(device, torch.get_num_threads()),
         }
         csv_path, jsonl_path = append_rows(rows, args.out, defaults)

@@ -287,6 +287,9 @@ class _ForkRunner:
                 result = recv.recv()
         except EOFError:  # the child died without answering
             pass
+        except BaseException:  # Ctrl-C / SIGTERM: take the case down with us
+            proc.kill()
+            raise
         if result is None and proc.is_alive():
             proc.kill()
             proc.join()
@@ -311,7 +314,7 @@ def _run_in_process(spec: dict, timeout: float) -> dict:
     """Debug/smoke mode: the case runs here (no time limit, no RLIMIT_AS, peaks may mix)."""
     from simclr_fast.bench._case import run_case
 
-    return run_case({**spec, "rlimit_bytes": None})
+    return run_case({**spec, "rlimit_bytes": None, "isolated": False})
 
 
 def _case_summary(c: dict) -> str:
@@ -476,6 +479,16 @@ def collect(args: argparse.Namespace) -> dict:
     return {"cases": cases, "matmul": matmul, "meta": meta, "notes": notes, "warnings": warnings}
 
 
+def command_line() -> str:
+    """The command as a user would type it (``simclr-fast ...`` for the console script/``-m``)."""
+    import shlex
+
+    head = Path(sys.argv[0]).name if sys.argv else ""
+    if head in ("simclr-fast", "__main__.py"):
+        return shlex.join(["simclr-fast", *sys.argv[1:]])
+    return shlex.join(sys.argv)
+
+
 def _fmt_bytes(x: float) -> str:
     return f"{x / 2**30:.1f} GB" if x >= 2**30 else f"{x / 2**20:.0f} MB"
 
@@ -620,7 +633,7 @@ def to_rows(result: dict, run_id: str, timestamp: str, args: argparse.Namespace)
         "suite": "loss",
         "temperature": args.temperature,
         "seed": args.seed,
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         **{k: v for k, v in meta.items() if k != "mem_cap_bytes"},
     }
     rows = []
@@ -701,8 +714,16 @@ def to_rows(result: dict, run_id: str, timestamp: str, args: argparse.Namespace)
     return rows
 
 
+def _raise_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run, print the table, append the rows, draw the plot; 0 unless a case failed unexpectedly."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_on_sigterm)  # clean up the running case's process too
     start = time.perf_counter()
     now = _dt.datetime.now(_dt.timezone.utc)
     timestamp = now.isoformat(timespec="seconds")
