@@ -96,6 +96,46 @@ def _worker_init() -> None:
     os.environ.pop("TRITON_INTERPRET", None)
 
 
+def _disassemble(cubin: bytes, triton) -> tuple[str, str]:
+    """``cuobjdump`` resource usage and SASS of ``cubin``, cached beside Triton's cache by content
+    hash (disassembly takes ~1.5 s a kernel; Triton's own cache makes the compile itself instant)."""
+    import hashlib
+
+    key = hashlib.sha256(cubin).hexdigest()
+    cache = os.path.join(triton.knobs.cache.dir, "simclr_fast_check_kernels")
+    cached = os.path.join(cache, key + ".json")
+    if os.path.exists(cached):
+        with open(cached) as f:
+            data = json.load(f)
+        return data["usage"], data["sass"]
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        out = [
+            subprocess.run(
+                [os.path.join(bindir, "cuobjdump"), *flags, path],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            for flags in (["--dump-resource-usage"], ["-sass"])
+        ]
+    # keep only the lines the report reads: resource usage, and local-memory instructions
+    usage = out[0]
+    sass = "\n".join(line for line in out[1].splitlines() if re.search(r"\b(?:STL|LDL)\b", line))
+    try:
+        os.makedirs(cache, exist_ok=True)
+        tmp_path = f"{cached}.{os.getpid()}"
+        with open(tmp_path, "w") as f:
+            json.dump({"usage": usage, "sass": sass}, f)
+        os.replace(tmp_path, cached)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return usage, sass
+
+
 def compile_one(spec: dict) -> dict:
     """Compile one kernel configuration and measure its cubin (runs in a worker process)."""
     import warnings
@@ -147,23 +187,7 @@ def compile_one(spec: dict) -> dict:
         row.update(error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
         return row
     ptx = compiled.asm["ptx"]
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "kernel.cubin")
-        with open(path, "wb") as f:
-            f.write(compiled.asm["cubin"])
-        usage = subprocess.run(
-            [os.path.join(bindir, "cuobjdump"), "--dump-resource-usage", path],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        sass = subprocess.run(
-            [os.path.join(bindir, "cuobjdump"), "-sass", path],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+    usage, sass = _disassemble(compiled.asm["cubin"], triton)
     regs = re.search(r"REG:(\d+)", usage)
     static_smem = re.search(r"SHARED:(\d+)", usage)
     row.update(
