@@ -20,6 +20,7 @@ def plot_cases(cases: list[dict], path: str | Path, title: str = "") -> Path | N
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullLocator
     except ImportError:
         return None
     groups = sorted({(c["d"], c["dtype"]) for c in cases}, key=str)
@@ -66,6 +67,9 @@ def plot_cases(cases: list[dict], path: str | Path, title: str = "") -> Path | N
             (ax_m, "peak memory beyond inputs (MB)"),
         ):
             ax.set_xscale("log", base=2)
+            sizes = sorted({c["n"] for c in sel})
+            ax.set_xticks(sizes, [str(x) for x in sizes])
+            ax.xaxis.set_minor_locator(NullLocator())
             if any(c["status"] == "ok" for c in sel):
                 ax.set_yscale("log")
             ax.set_xlabel("2B (rows of the similarity matrix)")

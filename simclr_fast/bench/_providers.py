@@ -33,10 +33,10 @@ _FUSED_BLOCK_BYTES = 3 * (1 << 22) * 4
 #: ``lightly``: not measured (not importable here); taken as the naive figure.
 _BYTES_PER_N2 = {"naive": 16, "naive-compile": 6, "lightly": 16}
 #: pytorch-metric-learning 2.9's ``NTXentLoss`` compares every positive pair with every negative
-#: pair: its masks are ``2B × 2B(2B − 2)``, memory cubic in 2B. Seen here: 14 GB resident and
-#: growing at 2B = 1024 (2B³ = 1.07e9) before the run was stopped; 24 bytes per 2B³ element
-#: (float and bool masks, their products, exponentials, autograd's saved tensors) is an estimate.
-_BYTES_PER_N3 = {"pml": 24}
+#: pair: its masks are ``2B × 2B(2B − 2)``, memory cubic in 2B. Measured here (peak RSS beyond
+#: inputs, D = 128, fp32, torch 2.13, 2 CPU threads, 2026-11-22): 272 MB at 2B = 256 and 2176 MB at
+#: 2B = 512, i.e. 16.2 bytes per (2B)³; at 2B = 1024 that is ≈ 17 GB.
+_BYTES_PER_N3 = {"pml": 16.2}
 
 #: FLOP factors (forward, backward) in units of ``(2B)²·D`` for each algorithm (DESIGN.md §2).
 ROW_WISE = (2, 4)  # one GEMM forward; recompute + G·z backward (or autograd's two GEMMs)

@@ -13,7 +13,18 @@ recipe, in ``--workers`` processes (default 2, the cores of the dev box):
 
 Inputs are random uint8 images of ``--input-size`` (default: the output size), already decoded:
 decoding is the same for both and is not measured. Times are medians over ``--repeats`` runs after
-one warm-up; the spread (min–max) is printed next to them.
+one warm-up, our runs and the baseline's interleaved round by round (so a change in the load of a
+shared machine hits both); the spread (min–max) is printed next to them. CPU time per image
+(``time.process_time``: this process's threads for ours, the workers' sum for the baseline) is
+reported too: on a loaded machine the scheduler gives two worker processes two shares of the CPU
+and a one-thread process one share, so wall-clock ratios swing with the load; CPU time per image
+does not (much), and ``2 / cpu_time`` is the rate an idle 2-core machine would reach if the work
+split perfectly over both cores.
+
+On a CPU shared with other jobs, set ``OMP_WAIT_POLICY=PASSIVE`` (or ``--threads 1``): with more
+OpenMP threads than free cores, spinning threads wait on descheduled ones at every op (measured on
+the 2-core dev box under load ≈ 9, 2026-11-22: simclr-cifar 267 img/s with the default policy,
+1379 with ``PASSIVE``, 1483 with one thread).
 """
 
 from __future__ import annotations
@@ -84,8 +95,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_simclr_augment(recipe, size, batch, input_size, device, repeats, dtype, channels_last):
-    """Seconds per batch (two views) of SimCLRAugment: (median, min, max) over ``repeats``."""
+def make_simclr_augment_runner(recipe, size, batch, input_size, device, dtype, channels_last):
+    """A warmed-up callable that times one batch (two views) of SimCLRAugment, in seconds."""
     from simclr_fast.augment import SimCLRAugment
 
     device = torch.device(device)
@@ -102,13 +113,15 @@ def time_simclr_augment(recipe, size, batch, input_size, device, repeats, dtype,
     )
     aug(images)  # warm-up
     _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def once() -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process, all threads) per batch."""
+        start, cpu = time.perf_counter(), time.process_time()
         aug(images)
         _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    return once
 
 
 # ---------------------------------------------------------------------------- the baseline
@@ -221,7 +234,9 @@ def _worker_init(recipe, size, input_size, n_images, use_torchvision, seed):
     _WORKER["tv"] = _torchvision_pipeline(recipe, size) if use_torchvision else None
 
 
-def _worker_run(count: int) -> int:
+def _worker_run(count: int) -> float:
+    """Process ``count`` images (two views each); return the CPU seconds this took."""
+    cpu = time.process_time()
     images, size, rng, tv = _WORKER["images"], _WORKER["size"], _WORKER["rng"], _WORKER["tv"]
     for i in range(count):
         img = images[i % len(images)]
@@ -230,27 +245,50 @@ def _worker_run(count: int) -> int:
         else:
             for vp in _WORKER["views"]:
                 _pil_view(img, vp, size, rng)
-    return count
+    return time.process_time() - cpu
 
 
-def time_per_image_baseline(recipe, size, input_size, n_images, workers, repeats):
-    """Seconds per image (two views) of the per-image pipeline in ``workers`` processes."""
-    use_tv = _torchvision_available()
-    per_worker = max(1, n_images // workers)
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(
-        workers, initializer=_worker_init, initargs=(recipe, size, input_size, 16, use_tv, 0)
-    ) as pool:
-        pool.map(_worker_run, [max(1, per_worker // 4)] * workers)  # warm-up
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            pool.map(_worker_run, [per_worker] * workers)
-            times.append((time.perf_counter() - start) / (per_worker * workers))
-    name = (
-        "torchvision.transforms.v2 (PIL)" if use_tv else "per-image PIL (torchvision not installed)"
-    )
-    return (statistics.median(times), min(times), max(times)), name
+class PerImageBaseline:
+    """The per-image pipeline in ``workers`` processes; ``once()`` times one round, per image.
+
+    A context manager: the pool (and its decoded images) lives across rounds, so rounds can be
+    interleaved with SimCLRAugment's and a change in the machine's load hits both alike.
+    """
+
+    def __init__(self, recipe, size, input_size, n_images, workers):
+        self.use_torchvision = _torchvision_available()
+        self.name = (
+            "torchvision.transforms.v2 (PIL)"
+            if self.use_torchvision
+            else "per-image PIL (torchvision not installed)"
+        )
+        self.workers = workers
+        self.per_worker = max(1, n_images // workers)
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self.pool = ctx.Pool(
+            workers,
+            initializer=_worker_init,
+            initargs=(recipe, size, input_size, 16, self.use_torchvision, 0),
+        )
+
+    def __enter__(self) -> PerImageBaseline:
+        self.pool.map(_worker_run, [max(1, self.per_worker // 4)] * self.workers)  # warm-up
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.terminate()
+        self.pool.join()
+
+    def once(self) -> tuple[float, float]:
+        """(wall seconds, CPU seconds summed over the workers) per image."""
+        start = time.perf_counter()
+        cpu = sum(self.pool.map(_worker_run, [self.per_worker] * self.workers))
+        n = self.per_worker * self.workers
+        return (time.perf_counter() - start) / n, cpu / n
+
+
+def _stats(times):
+    return statistics.median(times), min(times), max(times)
 
 
 # -------------------------------------------------------------------------------------- run
@@ -303,16 +341,21 @@ def run(args: argparse.Namespace) -> int:
         recipe, size, batch = CONFIGS[name]
         batch = args.batch or batch
         input_size = args.input_size or size
-        ours = time_simclr_augment(
-            recipe,
-            size,
-            batch,
-            input_size,
-            device,
-            args.repeats,
-            _DTYPES[args.dtype],
-            args.channels_last,
+        ours_once = make_simclr_augment_runner(
+            recipe, size, batch, input_size, device, _DTYPES[args.dtype], args.channels_last
         )
+        ours_runs, base_runs = [], []
+        if args.no_baseline:
+            ours_runs = [ours_once() for _ in range(args.repeats)]
+        else:
+            n_images = args.baseline_images or 2 * batch
+            with PerImageBaseline(recipe, size, input_size, n_images, args.workers) as baseline:
+                for _ in range(args.repeats):  # interleaved rounds
+                    ours_runs.append(ours_once())
+                    base_runs.append(baseline.once())
+            base_name = baseline.name
+        ours = _stats([r[0] for r in ours_runs])
+        ours_cpu = statistics.median(r[1] for r in ours_runs) / batch  # CPU s per image
         ours_rate = batch / ours[0]
         row = {
             "config": name,
@@ -320,21 +363,24 @@ def run(args: argparse.Namespace) -> int:
             "size": size,
             "input_size": input_size,
             "batch": batch,
+            "repeats": args.repeats,
             "ours_img_per_s": ours_rate,
             "ours_img_per_s_range": [batch / ours[2], batch / ours[1]],
+            "ours_cpu_s_per_img": ours_cpu,
             **meta,
         }
         line = (
-            f"{name:9s} {recipe:16s} {size:4d}px batch {batch:4d}: SimCLRAugment {ours_rate:9.0f} img/s "
-            f"[{batch / ours[2]:.0f}-{batch / ours[1]:.0f}]"
+            f"{name:9s} {recipe:16s} {size:4d}px batch {batch:4d}: SimCLRAugment "
+            f"{ours_rate:7.0f} img/s [{batch / ours[2]:.0f}-{batch / ours[1]:.0f}]"
         )
-        if not args.no_baseline:
-            n_images = args.baseline_images or 2 * batch
-            base, base_name = time_per_image_baseline(
-                recipe, size, input_size, n_images, args.workers, args.repeats
-            )
+        line += f" ({1e3 * ours_cpu:.2f} CPU-ms/img)"
+        if base_runs:
+            base = _stats([r[0] for r in base_runs])
+            base_cpu = statistics.median(r[1] for r in base_runs)
             base_rate = 1.0 / base[0]
             row.update(
+                baseline_cpu_s_per_img=base_cpu,
+                cpu_speedup=base_cpu / ours_cpu,
                 baseline=base_name,
                 baseline_workers=args.workers,
                 baseline_img_per_s=base_rate,
@@ -342,8 +388,9 @@ def run(args: argparse.Namespace) -> int:
                 speedup=ours_rate / base_rate,
             )
             line += (
-                f" | {base_name}, {args.workers} procs {base_rate:7.0f} img/s "
-                f"[{1.0 / base[2]:.0f}-{1.0 / base[1]:.0f}] | speed-up {ours_rate / base_rate:.2f}x"
+                f" | {base_name}, {args.workers} procs {base_rate:6.0f} img/s "
+                f"[{1.0 / base[2]:.0f}-{1.0 / base[1]:.0f}] ({1e3 * base_cpu:.2f} CPU-ms/img) | "
+                f"speed-up {ours_rate / base_rate:.2f}x wall, {base_cpu / ours_cpu:.2f}x CPU"
             )
         print(line, flush=True)
         rows.append(row)

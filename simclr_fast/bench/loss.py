@@ -40,6 +40,8 @@ DEFAULT_SIZES = (1024, 4096, 16384)
 #: ``--full``: every power of two from 1024 to 65536 (naive needs ≈ 69 GB at 65536: it stops
 #: fitting on most machines; the fused backends carry on).
 FULL_SIZES = tuple(1 << k for k in range(10, 17))
+#: Default memory cap on CPU, as a fraction of physical RAM (see ``_mem_cap_bytes``).
+DEFAULT_RAM_FRACTION = 0.5
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 FAILED = ("oom", "over-cap", "timeout")
 
@@ -143,7 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cap.add_argument(
         "--mem-cap-gb",
         type=_positive_float,
-        help="memory a case may use beyond its inputs (default: 75%% of RAM on CPU, the GPU's memory on CUDA)",
+        help="memory a case may use beyond its inputs (default: 50%% of RAM on CPU, the GPU's memory on CUDA)",
     )
     cap.add_argument("--mem-cap-mb", type=_positive_float, help="the same in MB")
     m.add_argument(
@@ -202,8 +204,10 @@ def _mem_cap_bytes(args: argparse.Namespace, device: torch.device) -> int:
         return int(args.mem_cap_gb * 2**30)
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
+    # Half the RAM: the footprint models behind the pre-run check are approximate (±25 %), and a
+    # case near the cap must not push a (possibly shared) machine into swap or the OOM killer.
     ram = total_ram_bytes()
-    return int(0.75 * ram) if ram else 8 * 2**30
+    return int(DEFAULT_RAM_FRACTION * ram) if ram else 8 * 2**30
 
 
 def _providers(
@@ -592,35 +596,42 @@ def format_footer(result: dict) -> str:
 
 
 def _conclusions(cases: list[dict]) -> list[str]:
-    """One or two plain sentences per (D, dtype): where naive stops fitting, who wins by how much."""
+    """Plain sentences per (D, dtype): where each baseline stops fitting, and at every 2B the
+    fastest fused backend against the naive loss (time and memory)."""
     out = []
     for d, dtype in sorted({(c["d"], c["dtype"]) for c in cases}, key=str):
         sel = [c for c in cases if c["d"] == d and c["dtype"] == dtype]
-        naive = sorted((c for c in sel if c["provider"] == "naive"), key=lambda c: c["n"])
         fused = [c for c in sel if c["provider"] in P.FUSED and c["status"] == "ok"]
-        first_fail = next((c for c in naive if c["status"] in FAILED), None)
-        if first_fail:
+        for base in P.BASELINES:
+            runs = sorted((c for c in sel if c["provider"] == base), key=lambda c: c["n"])
+            first_fail = next((c for c in runs if c["status"] in FAILED), None)
+            if first_fail is None:
+                continue
             carry = sorted({c["n"] for c in fused if c["n"] >= first_fail["n"]})
-            out.append(
-                f"D={d} {dtype}: the naive loss stops fitting at 2B = {first_fail['n']} ({first_fail['status']}); "
-                + (
-                    f"the fused backends still run at 2B = {', '.join(map(str, carry))}."
-                    if carry
-                    else "no fused backend was run there."
-                )
+            where = (
+                f"the fused backends still run at 2B = {', '.join(map(str, carry))}"
+                if carry
+                else "no fused backend ran there"
             )
-        ok_naive = [c for c in naive if c["status"] == "ok"]
-        if ok_naive and fused:
-            top = ok_naive[-1]
-            here = [c for c in fused if c["n"] == top["n"]]
-            if here:
-                best = min(here, key=lambda c: c["fwdbwd_ms"])
-                out.append(
-                    f"D={d} {dtype}, 2B = {top['n']}: fastest fused backend '{best['provider']}' "
-                    f"{fmt_ms(best['fwdbwd_ms'])} ms vs naive {fmt_ms(top['fwdbwd_ms'])} ms "
-                    f"({top['fwdbwd_ms'] / best['fwdbwd_ms']:.2f}x), peak {fmt_num(best['peak_mb'])} MB vs "
-                    f"{fmt_num(top['peak_mb'])} MB."
+            out.append(
+                f"D={d} {dtype}: {base} stops fitting at 2B = {first_fail['n']} ({first_fail['status']}); {where}."
+            )
+        naive = {c["n"]: c for c in sel if c["provider"] == "naive" and c["status"] == "ok"}
+        parts = []
+        for n in sorted({c["n"] for c in fused}):
+            best = min((c for c in fused if c["n"] == n), key=lambda c: c["fwdbwd_ms"])
+            if n in naive:
+                ref = naive[n]
+                parts.append(
+                    f"2B={n}: {best['provider']} {ref['fwdbwd_ms'] / best['fwdbwd_ms']:.2f}x naive's speed, "
+                    f"{fmt_num(best['peak_mb'])} vs {fmt_num(ref['peak_mb'])} MB"
                 )
+            else:
+                parts.append(
+                    f"2B={n}: {best['provider']} {fmt_ms(best['fwdbwd_ms'])} ms, {fmt_num(best['peak_mb'])} MB"
+                )
+        if parts:
+            out.append(f"D={d} {dtype}, fastest fused backend: " + "; ".join(parts) + ".")
     return out
 
 
