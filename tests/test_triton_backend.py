@@ -64,9 +64,9 @@ def test_interpreter_suite_in_subprocess():
         text=True,
     )
     assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-4000:]
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[
-        -2000:
-    ]
+    last = proc.stdout.strip().splitlines()[-1]
+    # only the child's copy of this test may skip (it runs in-process there)
+    assert " passed" in last and ("skipped" not in last or "1 skipped" in last), last
 
 
 def _inputs(b: int, d: int, dtype: torch.dtype):
