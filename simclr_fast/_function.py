@@ -30,17 +30,22 @@ class NTXentFunction(torch.autograd.Function):
         n = z.shape[0]
         zk = z.to(kernel_dtype).contiguous()
         lse = backend.forward_lse(zk, 0, n, inv_tau)
-        loss = (lse.to(z.dtype) - positive_logits(z, n // 2, inv_tau)).mean()
-        ctx.save_for_backward(z, lse)
-        ctx.backend, ctx.inv_tau, ctx.kernel_dtype = backend, inv_tau, kernel_dtype
+        # Positives from the same (possibly 16-bit) rounding of z the kernels saw, so that the
+        # positive logit cancels its own term inside lse exactly (loss 0 at B = 1, say).
+        zr = zk.to(z.dtype)
+        loss = (lse.to(z.dtype) - positive_logits(zr, n // 2, inv_tau)).mean()
+        ctx.save_for_backward(zk, lse)
+        ctx.backend, ctx.inv_tau, ctx.out_dtype = backend, inv_tau, z.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        z, lse = ctx.saved_tensors
-        n = z.shape[0]
+        zk, lse = ctx.saved_tensors
+        n = zk.shape[0]
         coef = grad_out.to(lse.dtype).expand(n) / n
-        zk = z.to(ctx.kernel_dtype).contiguous()
-        dz = ctx.backend.backward_rows(zk, lse, coef.contiguous(), 0, n, ctx.inv_tau).to(z.dtype)
-        dz.sub_(z.roll(n // 2, dims=0) * (2 * ctx.inv_tau * coef.to(z.dtype)[:, None]))
+        dz = ctx.backend.backward_rows(zk, lse, coef.contiguous(), 0, n, ctx.inv_tau).to(
+            ctx.out_dtype
+        )
+        zr = zk.to(ctx.out_dtype)
+        dz.sub_(zr.roll(n // 2, dims=0) * (2 * ctx.inv_tau * coef.to(ctx.out_dtype)[:, None]))
         return dz, None, None, None
