@@ -114,12 +114,21 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_fused_and_reference_backends_give_the_same_loss_curve(tmp_path):
-    flags = ["--epochs", "2", "--batch-size", "512", "--no-probe"]
+    # same seed -> same batches and augmentations whatever the backend: the runs differ only by
+    # the loss's rounding
+    flags = ["--epochs", "1", "--batch-size", "256", "--no-probe"]
     rc0, fused = _train(tmp_path, *flags, "--loss-backend", "auto", name="fused")
     rc1, ref = _train(tmp_path, *flags, "--loss-backend", "reference", name="reference")
     assert rc0 == rc1 == 0
     a, b = ([float(r["loss"]) for r in _rows(out)] for out in (fused, ref))
-    np.testing.assert_allclose(a, b, rtol=1e-4)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    wa, wb = (
+        torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["model"]
+        for out in (fused, ref)
+    )
+    for key in wa:
+        # Adam divides by sqrt(v): rounding-level gradient differences move weights by up to ~1e-4
+        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=1e-3)
 
 
 def test_stop_request_turns_sigint_into_a_flag_then_interrupts():
@@ -245,14 +254,14 @@ def test_bad_paths_and_data_give_a_clear_error(tmp_path, capsys, case, needle):
 
 def test_models_features_and_heads():
     x = torch.randn(2, 3, 16, 16)
-    r18 = build_backbone("resnet18", 3, 32)
+    r18 = build_backbone("resnet18", 3, 32, prefer_torchvision=False)
     assert r18.out_dim == 512 and r18(x).shape == (2, 512)
     assert 11_000_000 < sum(p.numel() for p in r18.parameters()) < 11_300_000  # ResNet-18 trunk
     assert isinstance(r18.features[0], torch.nn.Conv2d) and r18.features[0].kernel_size == (
         3,
         3,
     )  # CIFAR stem
-    big = build_backbone("resnet18", 3, 224)
+    big = build_backbone("resnet18", 3, 224, prefer_torchvision=False)
     assert big.features[0].kernel_size == (7, 7) and isinstance(big.features[3], torch.nn.MaxPool2d)
     r50 = build_backbone("resnet50", 3, 32)
     assert r50.out_dim == 2048 and r50(x).shape == (2, 2048)

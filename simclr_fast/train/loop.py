@@ -258,7 +258,7 @@ def format_summary(summary: dict) -> str:
     if summary.get("knn") is not None:
         lines.append(f"kNN monitor (k={summary['config']['knn_k']}): {summary['knn']:.3f}")
     lines.append(
-        f"train {summary['train_seconds']:.1f} s over {summary['epochs_done']} epochs "
+        f"train {summary['train_seconds']:.1f} s over {summary['epochs_done']:g} epochs "
         f"({summary['epoch_seconds']:.3f} s/epoch, {summary['images_per_s']:.0f} images/s)"
     )
     return "\n".join(lines)
@@ -496,7 +496,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
             if d.enabled:  # log the mean over all ranks' rows, not rank 0's alone
                 dist.all_reduce(loss_sum)
                 loss_sum /= d.world
-            done_epoch = not interrupted or step + 1 == steps_per_epoch
+            done_epoch = step + 1 == steps_per_epoch
+            resume_at = (epoch + 1, 0) if done_epoch else (epoch, step + 1)
             row = {
                 "epoch": epoch + 1 if done_epoch else epoch + (step + 1) / steps_per_epoch,
                 "step": sched.steps,
@@ -519,18 +520,23 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
             history.append(row)
             if d.main:
                 append_csv(csv_path, row)
+            if (
+                interrupted
+                or last
+                or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0)
+            ):
+                save(*resume_at)
             if interrupted:
-                save(epoch + 1, 0) if done_epoch else save(epoch, step + 1)
                 break
-            if last or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0):
-                save(epoch + 1, 0)
             if out_of_time:
                 break
     if bar is not None:
         bar.close()
 
-    epochs_done = len(history)
-    timed = [r for r in history if r["epoch_seconds"] > 0]
+    epochs_done = history[-1]["epoch"] if history else 0  # fractional after a stop mid-epoch
+    timed = [
+        r for r in history if r["epoch_seconds"] > 0 and float(r["epoch"]).is_integer()
+    ] or history
     summary: dict[str, Any] = {
         "train_seconds": train_seconds,
         "epochs_done": epochs_done,
