@@ -461,8 +461,7 @@ def _color_jitter(x: torch.Tensor, p: Mapping[str, torch.Tensor], vp: ViewParams
     for step in range(4):
         op = order[:, step]
         f = factors[rows, op.clamp(max=2)]  # hue's column is not a multiplier; masked below
-        active = jit & (op < 3) & (factors[rows, op.clamp(max=2)] != 1)
-        f = torch.where(active, f, torch.ones_like(f)).view(-1, 1, 1, 1)
+        f = torch.where(jit & (op < 3), f, torch.ones_like(f)).view(-1, 1, 1, 1)
         if want_gray:
             gray = _gray(x)
             is_c = (op == 1).to(x.dtype).view(-1, 1, 1, 1)
@@ -622,6 +621,8 @@ class SimCLRAugment(nn.Module):
         cpu_block_bytes: on CPU, process the batch in blocks of images whose float32 output is at
             most this many bytes (cache blocking, see ``_chunk_size``); ``None`` = whole batch.
             Results do not depend on it. Ignored on other devices.
+        same_on_batch: Kornia's flag: draw one set of random parameters per view and use it for
+            every image of the batch (default False: independent parameters per image).
         **overrides: :class:`ViewParams` fields overriding both views, e.g. ``blur_p=0.0``,
             ``crop_scale=(0.2, 1.0)``. Applied before ``view0`` / ``view1``.
 
@@ -660,6 +661,7 @@ class SimCLRAugment(nn.Module):
         seed: int | None = None,
         view0: Mapping[str, Any] | None = None,
         view1: Mapping[str, Any] | None = None,
+        same_on_batch: bool = False,
         cpu_block_bytes: int | None = 10 * 2**20,
         **overrides: Any,
     ) -> None:
@@ -688,6 +690,9 @@ class SimCLRAugment(nn.Module):
                 f"cpu_block_bytes must be a positive int or None; got {cpu_block_bytes!r}"
             )
         self.cpu_block_bytes = cpu_block_bytes
+        if not isinstance(same_on_batch, bool):
+            raise TypeError(f"same_on_batch must be a bool; got {same_on_batch!r}")
+        self.same_on_batch = same_on_batch
         if (mean is None) != (std is None):
             raise ValueError("give both mean and std for normalization, or neither")
         if mean is not None:
@@ -854,13 +859,15 @@ class SimCLRAugment(nn.Module):
         for vp in self.view_params:
             p = _sample_view(
                 vp,
-                batch,
+                1 if self.same_on_batch else batch,
                 in_h,
                 in_w,
                 device=x.device,
                 generator=gen,
                 out_shape=(channels, *self.size),
             )
+            if self.same_on_batch:
+                p = {k: v.expand(batch, *v.shape[1:]) for k, v in p.items()}
             if chunk >= batch:
                 views.append(self._finish(_augment_view(x, p, vp, self.size)))
             else:

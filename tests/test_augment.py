@@ -409,3 +409,16 @@ def test_cpu_blocking_does_not_change_results(recipe, channels):
     blocks = SimCLRAugment(recipe, cpu_block_bytes=3 * 4 * 16 * 16 * 3, **kw)(x)  # 3 images
     assert blocks[0].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(whole[0], blocks[0]) and torch.equal(whole[1], blocks[1])
+
+
+def test_same_on_batch():
+    x = _images(1, 3, 24).expand(6, -1, -1, -1).contiguous()
+    (v0, v1), (p0, _) = SimCLRAugment("simclr-imagenet", size=16, seed=0, same_on_batch=True)(
+        x, return_params=True
+    )
+    assert p0["crop"].shape == (6, 4) and (p0["crop"] == p0["crop"][:1]).all()
+    assert (v0 == v0[:1]).all() and (v1 == v1[:1]).all()
+    varied, _ = SimCLRAugment("simclr-imagenet", size=16, seed=0)(x)
+    assert not (varied == varied[:1]).all()
+    with pytest.raises(TypeError, match="same_on_batch"):
+        SimCLRAugment("simclr-cifar", same_on_batch=1)
