@@ -45,7 +45,33 @@
 
 #include "tile_api.h"
 
+// MKL's thread-local thread count (C interface; the lower-case symbol is the Fortran one, which
+// takes a pointer), when torch's BLAS is MKL (the official x86-64 wheels export it
+// from libtorch_cpu); a weak reference, so other BLAS builds load and simply skip the call.
+extern "C" int MKL_Set_Num_Threads_Local(int nthreads) __attribute__((weak));
+
 namespace {
+
+// Tile products run inside our own parallel region and must stay on the calling thread. torch
+// turns MKL's dynamic threading off (mkl_set_dynamic(0)) and libgomp allows nested teams, so
+// without this each tile GEMM started a nested team of at::get_num_threads() threads. Measured
+// 2026-11-22 on the 2-core dev box (2B = 2048, D = 64): backward 2.5x slower with 2 threads than
+// with 1 before this guard.
+class SingleThreadedBlas {
+ public:
+  SingleThreadedBlas() : active_(MKL_Set_Num_Threads_Local != nullptr) {
+    if (active_) previous_ = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SingleThreadedBlas() {
+    if (active_) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
+  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
+
+ private:
+  bool active_;
+  int previous_ = 0;
+};
 
 using simclr_fast_tiles::TileBwd;
 using simclr_fast_tiles::TileFwd;
@@ -180,6 +206,7 @@ at::Tensor ntxent_fwd_cpu(const at::Tensor& z_in, int64_t row_start, int64_t row
 
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     at::AutoDispatchBelowADInplaceOrView guard;  // plain tensors: skip autograd in worker threads
+    SingleThreadedBlas blas_guard;
     at::Tensor buf = at::empty({ts.rows * std::max(ts.rows, ts.cols)}, z.options());
     std::vector<float> scratch(2 * std::max(ts.rows, ts.cols) + ts.rows);
     for (int64_t task = begin; task < end; ++task) {
@@ -237,7 +264,7 @@ at::Tensor ntxent_bwd_cpu(const at::Tensor& z_in, const at::Tensor& lse_in, cons
   check_vector(lse_in, "lse", n);
   check_vector(coef_in, "coef", n);
   const at::Tensor z = z_in.detach(), lse = lse_in.detach(), coef = coef_in.detach();
-  at::Tensor out = at::zeros({rc, d}, z.options());
+  at::Tensor out = at::empty({rc, d}, z.options());
   if (rc == 0) return out;
   const float* zp = z.const_data_ptr<float>();
   const float* lp = lse.const_data_ptr<float>();
@@ -254,14 +281,18 @@ at::Tensor ntxent_bwd_cpu(const at::Tensor& z_in, const at::Tensor& lse_in, cons
   const TileShape ts = tile_shape();
   const std::vector<Tile> tiles = make_schedule(n, r0, rc, ts.rows, ts.cols);
   const int64_t tasks = num_tasks(tiles.size());
-  // Task 0 accumulates straight into `out`; the others into their own (rc, D) partials.
-  at::Tensor parts = at::zeros({tasks - 1, rc, d}, z.options());
+  // Task 0 accumulates straight into `out`; the others into their own (rc, D) partials. Each task
+  // zeroes its own buffer and the merge below is serial (O(rc·D), ~1 ms at 2B = 16384): one
+  // parallel region per call, because on a loaded machine every region start costs a wake-up.
+  at::Tensor parts = at::empty({tasks - 1, rc, d}, z.options());
 
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     at::AutoDispatchBelowADInplaceOrView guard;
+    SingleThreadedBlas blas_guard;
     at::Tensor buf = at::empty({ts.rows * std::max(ts.rows, ts.cols)}, z.options());
     for (int64_t task = begin; task < end; ++task) {
-      at::Tensor dz = task == 0 ? out : parts[task - 1];
+      at::Tensor dz = task == 0 ? out : parts.select(0, task - 1);
+      std::fill_n(dz.data_ptr<float>(), rc * d, 0.0f);
       for (size_t k = task; k < tiles.size(); k += tasks) {
         const Tile& tl = tiles[k];
         at::Tensor g = buf.narrow(0, 0, tl.ni * tl.nj).view({tl.ni, tl.nj});
@@ -287,13 +318,11 @@ at::Tensor ntxent_bwd_cpu(const at::Tensor& z_in, const at::Tensor& lse_in, cons
   const float* p = parts.const_data_ptr<float>();
   const int64_t total = rc * d;
   const float scale = static_cast<float>(inv_tau);
-  at::parallel_for(0, total, 1 << 14, [&](int64_t begin, int64_t end) {
-    for (int64_t x = begin; x < end; ++x) {
-      float acc = o[x];
-      for (int64_t task = 1; task < tasks; ++task) acc += p[(task - 1) * total + x];
-      o[x] = acc * scale;
-    }
-  });
+  for (int64_t x = 0; x < total; ++x) {
+    float acc = o[x];
+    for (int64_t task = 1; task < tasks; ++task) acc += p[(task - 1) * total + x];
+    o[x] = acc * scale;
+  }
   return out;
 }
 
