@@ -33,16 +33,20 @@ def make_inputs(n: int, d: int, dtype: torch.dtype, device: torch.device, seed: 
 
 
 def free_memory_bytes(device: torch.device) -> int:
-    """Memory a case may take: free GPU memory, or 90 % of the RAM available now (psutil), else
-    75 % of the machine's RAM. A case whose estimated footprint is larger is skipped, not run into
-    the out-of-memory killer (``simclr-fast bench`` records such cases as rows instead)."""
+    """Memory a case may take: the free GPU memory, or the ``simclr-fast bench`` default cap on CPU
+    (half the RAM, and no more than 90 % of what is available now). A case whose estimated
+    footprint is larger is skipped rather than run into the out-of-memory killer
+    (``simclr-fast bench`` records such cases as rows instead)."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    from simclr_fast.bench._measure import total_ram_bytes
+    from simclr_fast.bench.loss import DEFAULT_RAM_FRACTION
+
+    cap = int(DEFAULT_RAM_FRACTION * (total_ram_bytes() or 8 * 2**30))
     try:
         import psutil
 
-        return int(0.9 * psutil.virtual_memory().available)
+        cap = min(cap, int(0.9 * psutil.virtual_memory().available))
     except ImportError:
-        from simclr_fast.bench._measure import total_ram_bytes
-
-        return int(0.75 * (total_ram_bytes() or 8 * 2**30))
+        pass
+    return cap

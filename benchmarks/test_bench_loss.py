@@ -45,7 +45,7 @@ def test_loss(benchmark, device, provider, n, which):
     free = free_memory_bytes(device)
     if est > free:
         pytest.skip(
-            f"needs ~{est / 2**30:.1f} GB (estimated), more than the {free / 2**30:.1f} GB free here"
+            f"needs ~{est / 2**30:.1f} GB (estimated), over this run's memory allowance of {free / 2**30:.1f} GB"
         )
     loss_fn = P.make_loss(provider, TEMPERATURE)
     out0, out1 = make_inputs(n, D, dtype, device)
