@@ -223,3 +223,18 @@ def test_rows_keep_unknown_keys_and_table_aligns():
     text = render_table(["a", "b"], [["x", "1"], ["yy", "22"], ["z", "FAILED: why"]])
     lines = text.splitlines()
     assert lines[2].endswith(" 1") and lines[3].endswith("22") and "FAILED: why" in lines[4]
+
+
+def test_a_case_predicted_past_the_time_limit_is_not_started():
+    from simclr_fast.bench import _providers as P
+    from simclr_fast.bench.loss import _predicted_over_time
+
+    spec = {"min_repeats": 3}
+    naive, pml = P.get_provider("naive"), P.get_provider("pml")
+    # 1 s per call at 2B = 1024 -> 16 s per call at 4096, 4 calls: 64 s
+    assert _predicted_over_time(naive, 4096, (1024, 1000.0), spec, timeout=100) is None
+    note = _predicted_over_time(naive, 4096, (1024, 1000.0), spec, timeout=60)
+    assert note is not None and "predicted ~64 s" in note
+    # cubic providers scale by the cube: 8 s per call at 2048, 32 s in all
+    assert "predicted ~32 s" in _predicted_over_time(pml, 2048, (1024, 1000.0), spec, timeout=30)
+    assert _predicted_over_time(naive, 4096, None, spec, timeout=1) is None

@@ -321,6 +321,30 @@ def _run_in_process(spec: dict, timeout: float) -> dict:
     return run_case({**spec, "rlimit_bytes": None, "isolated": False})
 
 
+def _predicted_over_time(
+    provider: P.Provider, n: int, last: tuple[int, float] | None, spec: dict, timeout: float
+) -> str | None:
+    """Why a case would surely pass the time limit, judged from the same provider at a smaller 2B.
+
+    One forward+backward is scaled by ``(2B / 2B_prev)²`` (``³`` for a provider with cubic memory,
+    whose work is cubic too) and multiplied by the calls the case makes (the memory pass, a compile
+    call, at least ``min_repeats`` timed ones). ``None`` when the case may finish, or nothing ran before.
+    """
+    if last is None:
+        return None
+    n0, ms0 = last
+    power = 3 if provider.bytes_per_n3 else 2
+    per_call_s = ms0 / 1e3 * (n / n0) ** power
+    calls = 1 + int(provider.compiles) + spec["min_repeats"]
+    predicted = per_call_s * calls
+    if predicted <= timeout:
+        return None
+    return (
+        f"not run: predicted ~{predicted:.0f} s > the {timeout:.0f} s limit per case "
+        f"({ms0:.0f} ms per fwd+bwd at 2B = {n0}, time ∝ (2B)^{power}, {calls} calls; --timeout to raise it)"
+    )
+
+
 def _case_summary(c: dict) -> str:
     if c["status"] == "ok":
         return f"fwd+bwd {fmt_ms(c['fwdbwd_ms'])} ms, peak {fmt_num(c['peak_mb'])} MB"
@@ -436,6 +460,7 @@ def collect(args: argparse.Namespace) -> dict:
         runner = _run_subprocess if args.isolation == "subprocess" else _run_in_process
     cases: list[dict] = []
     failed_at: dict[tuple[str, int, str], tuple[int, str]] = {}
+    last_ok: dict[tuple[str, int, str], tuple[int, float]] = {}
     check_estimate = args.mem_check in ("both", "estimate")
     use_rlimit = args.mem_check in ("both", "rlimit") and device.type == "cpu"
     for i, (name, n, d, dtype_name) in enumerate(plan, 1):
@@ -464,12 +489,20 @@ def collect(args: argparse.Namespace) -> dict:
                 "status": "over-cap",
                 "note": f"needs ~{_fmt_bytes(est)} (estimated) > memory cap {_fmt_bytes(cap)}",
             }
+        elif (
+            late := _predicted_over_time(
+                provider, n, last_ok.get((name, d, dtype_name)), spec, timeout
+            )
+        ) is not None:
+            result = {"status": "timeout", "note": late}
         else:
             result = runner(spec, timeout)
         case = _flatten(provider, spec, result)
         case["estimate_mb"] = est / 2**20
         if case["status"] in FAILED and prior is None:
             failed_at[(name, d, dtype_name)] = (n, case["status"])
+        if case["status"] == "ok":
+            last_ok[(name, d, dtype_name)] = (n, case["fwdbwd_ms"])
         cases.append(case)
         _log(
             f"[{i}/{len(plan)}] {name:<13} 2B={n:<6} D={d} {dtype_name}: {_case_summary(case)} "
