@@ -238,3 +238,24 @@ def test_a_case_predicted_past_the_time_limit_is_not_started():
     # cubic providers scale by the cube: 8 s per call at 2048, 32 s in all
     assert "predicted ~32 s" in _predicted_over_time(pml, 2048, (1024, 1000.0), spec, timeout=30)
     assert _predicted_over_time(naive, 4096, None, spec, timeout=1) is None
+
+
+def test_a_mode_returning_rows_shares_the_result_files(monkeypatch, tmp_path, capsys):
+    fake = tmp_path / "fake_bench_mode.py"
+    fake.write_text(
+        "def add_arguments(parser):\n"
+        "    parser.add_argument('--world', type=int, default=2)\n"
+        "def bench_rows(args):\n"
+        "    print('fake table')\n"
+        "    return [{'provider': 'fused', 'metric': 'step_ms', 'value': 1.5, 'unit': 'ms', 'world': args.world}]\n"
+        "def run(args):\n"
+        "    return 0\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(bench_cli.MODES, "dist", ("fake_bench_mode", "test"))
+    out = tmp_path / "res"
+    assert main(["bench", "dist", "--world", "4", "--out", str(out)]) == 0
+    assert "fake table" in capsys.readouterr().out
+    (row,) = _rows(out)
+    assert row["suite"] == "dist" and row["metric"] == "step_ms" and float(row["value"]) == 1.5
+    assert row["device"] == "cpu" and row["git_commit"] and json.loads(row["extra"]) == {"world": 4}

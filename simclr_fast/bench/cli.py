@@ -115,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
         from simclr_fast.bench._results import append_rows
         from simclr_fast.bench.loss import command_line
 
-        device = torch.device(getattr(args, "device", None) or "cpu")
+        name = str(getattr(args, "device", None) or "cpu")
+        if name == "auto":  # the loss flags' default, also on the top parser
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(name)
         now = _dt.datetime.now(_dt.timezone.utc)
         defaults = {
             "timestamp": now.isoformat(timespec="seconds"),

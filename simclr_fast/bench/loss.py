@@ -294,6 +294,8 @@ class _ForkRunner:
         except BaseException:  # Ctrl-C / SIGTERM: take the case down with us
             proc.kill()
             raise
+        finally:
+            recv.close()
         if result is None and proc.is_alive():
             proc.kill()
             proc.join()
