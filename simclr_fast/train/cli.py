@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs",
         type=_number(int, 1),
         default=None,
-        help="epochs (default: digits 150, others 100); with --time-budget, an upper bound",
+        help="epochs (default 100); with --time-budget, an upper bound",
     )
     o.add_argument(
         "--time-budget",

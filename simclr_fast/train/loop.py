@@ -372,7 +372,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     )
     loss_fn = NTXentLoss(cfg.temperature, gather_distributed=d.enabled, backend=cfg.loss_backend)
 
-    start_epoch, start_step, history, train_seconds = 0, 0, [], 0.0
+    start_epoch, start_step, history, train_seconds, train_cpu_seconds = 0, 0, [], 0.0, 0.0
     if cfg.resume:
         path = Path(cfg.resume)
         path = path / "checkpoint.pt" if path.is_dir() else path
@@ -385,6 +385,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
         sched.load_state_dict(state["scheduler"])
         start_epoch, start_step = state["epoch"], state["step"]
         history, train_seconds = state["history"], state["train_seconds"]
+        train_cpu_seconds = state.get("train_cpu_seconds", 0.0)
         ckpt_io.set_rng_state(state["rng"], {})
 
     device_images = data.train.images.to(device) if data.train.images is not None else None
@@ -403,6 +404,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
                     "step": step,
                     "history": history,
                     "train_seconds": train_seconds,
+                    "train_cpu_seconds": train_cpu_seconds,
                     "rng": ckpt_io.rng_state({}),
                     "config": cfg.to_dict(),
                 },
@@ -452,7 +454,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
                 cfg.num_workers,
             )
             loss_sum, steps_done = torch.zeros((), device=device), 0
-            t_epoch = time.perf_counter()
+            t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
             step = first
             for step, x in enumerate(batches, start=first):
                 aug_gen.manual_seed(_seed(cfg.seed, epoch, step, d.rank))
@@ -491,6 +493,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
                     break
             seconds = time.perf_counter() - t_epoch
             train_seconds += seconds
+            train_cpu_seconds += time.process_time() - cpu_epoch
             if steps_done == 0:
                 break
             if d.enabled:  # log the mean over all ranks' rows, not rank 0's alone
@@ -539,6 +542,11 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     ] or history
     summary: dict[str, Any] = {
         "train_seconds": train_seconds,
+        # CPU time of this process over the training steps (all its threads): on a shared
+        # machine, a measure of the work that does not depend on the other jobs
+        "train_cpu_seconds": train_cpu_seconds,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch_threads": torch.get_num_threads(),
         "epochs_done": epochs_done,
         "steps": sched.steps,
         "epoch_seconds": float(np.median([r["epoch_seconds"] for r in timed])) if timed else 0.0,
