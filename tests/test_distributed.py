@@ -172,6 +172,52 @@ def _check_mismatch(rank: int, world: int, bad_rank: int, field: str) -> None:
     assert torch.isfinite(nt_xent(y[0], y[1], TAU, gather_distributed=True))
 
 
+def _check_traffic(rank: int, world: int, b: int = 3, d: int = 5) -> None:
+    """The collectives actually issued: the fused backward all-gathers 2B + 1 floats, nothing else;
+    the bytes agree with ``simclr-fast bench dist``'s analytic count for both methods."""
+    import simclr_fast.distributed as sd
+    from simclr_fast.bench.dist import traffic_bytes
+
+    calls: list[tuple[str, int, int]] = []
+    gather, reduce = sd._all_gather_into, dist.all_reduce
+
+    def counting_gather(out, local, group):
+        calls.append(("all_gather", local.numel(), local.element_size()))
+        gather(out, local, group)
+
+    def counting_reduce(t, *args, **kwargs):
+        calls.append(("all_reduce", t.numel(), t.element_size()))
+        return reduce(t, *args, **kwargs)
+
+    def sent(phase: list[tuple[str, int, int]]) -> float:  # ring algorithms, bytes per rank
+        return sum(
+            (world - 1) * k * e if op == "all_gather" else 2 * (world - 1) / world * k * e
+            for op, k, e in phase
+        )
+
+    x = _global_batch(world, b, d, torch.float32, seed=4)[rank]
+    sd._all_gather_into, dist.all_reduce = counting_gather, counting_reduce
+    try:
+        for name in _backends():
+            a, c = x[0].clone().requires_grad_(True), x[1].clone().requires_grad_(True)
+            calls.clear()
+            loss = nt_xent(a, c, TAU, backend=name, gather_distributed=True)
+            fwd = list(calls)
+            calls.clear()
+            loss.backward()
+            bwd = list(calls)
+            method = "gather-layer" if name == "reference" else "fused"
+            if method == "fused":
+                assert fwd == [("all_gather", 5, 8), ("all_gather", 2 * b * d, 4)], (name, fwd)
+                assert bwd == [("all_gather", 2 * b + 1, 4)], (name, bwd)
+            else:
+                assert bwd == [("all_reduce", world * 2 * b * d, 4)], (name, bwd)
+            expected = traffic_bytes(method, world, b, d)
+            assert sent(fwd) == expected["fwd"] and sent(bwd) == expected["bwd"], (name, fwd, bwd)
+    finally:
+        sd._all_gather_into, dist.all_reduce = gather, reduce
+
+
 def _world_checks(rank: int, world: int, port: int, bad_rank: int, field: str) -> None:
     torch.set_num_threads(1)  # W processes share the cores
     _init(rank, world, port)
@@ -179,6 +225,7 @@ def _world_checks(rank: int, world: int, port: int, bad_rank: int, field: str) -
         _check_loss_and_grads(rank, world, b=3, d=17)
         _check_scaled_grads(rank, world, b=2, d=8)
         _check_ddp(rank, world)
+        _check_traffic(rank, world)
         _check_mismatch(rank, world, bad_rank, field)
     finally:
         dist.destroy_process_group()
@@ -196,7 +243,7 @@ def _loss_and_grads(x: torch.Tensor, name: str):
 
 @pytest.mark.parametrize(("world", "bad_rank", "field"), [(2, 1, "B"), (4, 2, "D")])
 def test_world_matches_single_process(world, bad_rank, field):
-    """Loss, gradients (equal and unequal loss scales), DDP training and mismatch errors."""
+    """Loss, gradients (equal and unequal loss scales), DDP training, traffic, mismatch errors."""
     _spawn(_world_checks, world, bad_rank, field)
 
 
