@@ -241,10 +241,9 @@ def gathered_nt_xent(
             differ (the message names the ranks).
 
     Examples:
-        >>> import os, torch, torch.distributed as dist
+        >>> import torch, torch.distributed as dist
         >>> from simclr_fast import nt_xent
-        >>> os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
-        >>> dist.init_process_group("gloo", rank=0, world_size=1)
+        >>> dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
         >>> out0, out1 = torch.randn(4, 8), torch.randn(4, 8)
         >>> a = nt_xent(out0, out1, gather_distributed=True, backend="torch")
         >>> torch.allclose(a, nt_xent(out0, out1, backend="torch"))

@@ -83,7 +83,7 @@ def traffic_bytes(method: str, world: int, b: int, d: int, elem: int = 4) -> dic
         >>> traffic_bytes("fused", world=2, b=4, d=8)["bwd"]  # 2B + 1 floats from the other rank
         36.0
         >>> traffic_bytes("gather-layer", world=2, b=4, d=8)["bwd"]  # all_reduce of 2·8·8 floats
-        256.0
+        512.0
     """
     n = 2 * b
     meta = (world - 1) * 5 * 8
