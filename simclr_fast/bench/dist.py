@@ -39,22 +39,39 @@ from simclr_fast.bench._results import fmt_ms, render_table
 BASELINE = "gather-layer/naive"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``bench dist`` flags on ``parser``."""
     parser.add_argument(
-        "--worlds", type=int, nargs="+", default=[2, 4], help="process counts W (default 2 4)"
+        "--worlds",
+        type=_positive_int,
+        nargs="+",
+        default=[2, 4],
+        help="process counts W (default 2 4)",
     )
     parser.add_argument(
-        "--batch", type=int, nargs="+", default=[256], help="pairs per rank B (default 256)"
+        "--batch",
+        type=_positive_int,
+        nargs="+",
+        default=[256],
+        help="pairs per rank B (default 256)",
     )
-    parser.add_argument("--dim", type=int, default=128, help="embedding size D (default 128)")
+    parser.add_argument(
+        "--dim", type=_positive_int, default=128, help="embedding size D (default 128)"
+    )
     parser.add_argument(
         "--backends",
         nargs="+",
         default=None,
         help="fused backends to run (default: torch, and cpu when built)",
     )
-    parser.add_argument("--steps", type=int, default=7, help="timed steps (default 7)")
+    parser.add_argument("--steps", type=_positive_int, default=7, help="timed steps (default 7)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument(
         "--threads",
@@ -248,16 +265,12 @@ def run_cases(
 
     for world in worlds:
         for b in batch:
-            for method, providers in (
-                ("fused", [f"fused/{n}" for n in backends] + ["comm/fused"]),
-                ("gather-layer", [BASELINE, "comm/gather-layer"]),
-            ):
+            for method in ("fused", "gather-layer"):
                 traffic = traffic_bytes(method, world, b, dim)
                 for part in ("fwd", "bwd", "total"):
                     rows.append(
                         {
-                            **base(providers[0] if method == "fused" else BASELINE, world, b),
-                            "provider": f"{method} (analytic)",
+                            **base(f"{method} (analytic)", world, b),
                             "metric": f"bytes_sent_per_rank_{part}",
                             "value": traffic[part],
                             "unit": "B",
