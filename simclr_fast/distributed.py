@@ -78,9 +78,16 @@ def _check_process_group(group) -> tuple[int, int]:
 
 
 def _meta_device(group, device: torch.device) -> torch.device:
-    """Where the small metadata tensor lives: CUDA for an NCCL-only group, else the CPU."""
+    """Where the small metadata tensor lives: a CUDA device for an NCCL-only group, else the CPU.
+
+    For NCCL it is the inputs' own GPU when they are on one (each rank's device, whatever
+    ``torch.cuda.set_device`` says), else the current CUDA device, so that a rank with CPU inputs
+    still takes part in the check and every rank reports the mismatch.
+    """
     if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
+        return (
+            device if device.type == "cuda" else torch.device("cuda", torch.cuda.current_device())
+        )
     return torch.device("cpu")
 
 
@@ -236,7 +243,7 @@ def gathered_nt_xent(
         The rank-local loss, fp32 (fp64 for fp64 inputs).
 
     Raises:
-        RuntimeError: no initialized process group.
+        RuntimeError: no initialized process group, or an NCCL group with non-CUDA inputs.
         ValueError: on every rank, if the ranks' ``B``, ``D``, dtype, device type or temperature
             differ (the message names the ranks).
 
@@ -252,6 +259,13 @@ def gathered_nt_xent(
     """
     rank, _ = _check_process_group(group)
     check_ranks_agree(out0, temperature, group)
+    if (
+        out0.device.type != "cuda" and dist.get_backend(group) == "nccl"
+    ):  # the same on every rank now
+        raise RuntimeError(
+            f"the process group uses NCCL, which needs CUDA tensors, but the embeddings are on "
+            f"{out0.device}; move the model to this rank's GPU or use a gloo process group"
+        )
     compute = torch.float64 if out0.dtype == torch.float64 else torch.float32
     if backend == "reference":
         z_local = F.normalize(torch.cat([out0, out1]), dim=1)
