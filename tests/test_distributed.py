@@ -95,6 +95,22 @@ def _check_loss_and_grads(rank: int, world: int, b: int, d: int) -> None:
             _close(gc, world * g1[rank * b : (rank + 1) * b], rtol, f"{what} grad out1")
 
 
+def _check_half_inputs(rank: int, world: int, b: int = 4, d: int = 8) -> None:
+    """16-bit inputs run on every backend (the gathered rows travel in the kernel dtype):
+    fp32 loss close to the fp32-input loss, gradients in the inputs' dtype."""
+    x = _global_batch(world, b, d, torch.float32, seed=5)[rank]
+    expected = nt_xent(x[0], x[1], TAU, backend="torch", gather_distributed=True)
+    for dtype in (torch.float16, torch.bfloat16):
+        for name in _backends(dtype):
+            a = x[0].to(dtype).requires_grad_(True)
+            c = x[1].to(dtype).requires_grad_(True)
+            loss = nt_xent(a, c, TAU, backend=name, gather_distributed=True)
+            ga, gc = torch.autograd.grad(loss, (a, c))
+            assert loss.dtype == torch.float32 and ga.dtype == gc.dtype == dtype, (name, dtype)
+            assert torch.isfinite(ga).all() and torch.isfinite(gc).all(), (name, dtype)
+            assert abs(loss.item() - expected.item()) < 2e-2 * expected.item(), (name, dtype)
+
+
 def _check_scaled_grads(rank: int, world: int, b: int, d: int) -> None:
     """Ranks scale their losses differently (rank r by r + 1): gradients stay exact."""
     x = _global_batch(world, b, d, torch.float32, seed=1)
@@ -224,6 +240,7 @@ def _world_checks(rank: int, world: int, port: int, bad_rank: int, field: str) -
     try:
         _check_loss_and_grads(rank, world, b=3, d=17)
         _check_scaled_grads(rank, world, b=2, d=8)
+        _check_half_inputs(rank, world)
         _check_ddp(rank, world)
         _check_traffic(rank, world)
         _check_mismatch(rank, world, bad_rank, field)
