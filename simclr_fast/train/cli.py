@@ -218,4 +218,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"simclr-fast train: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, while the first one's checkpoint was pending
+        print("simclr-fast train: interrupted", file=sys.stderr)
+        return 130
     return 130 if result.get("interrupted") else 0
