@@ -9,18 +9,17 @@ the ratios are taken on the same machine state. Forward + backward, fp32, ``D = 
 - ``mm``: a 4096³ ``torch.mm``, whose GFLOP/s sets the floor ``4·N²·D / GFLOP/s`` of the
   symmetric algorithm (forward ``N²·D``, backward ``3·N²·D``).
 
-Peak memory is the growth of the process's peak RSS during the timed runs, above its RSS just
-before them (inputs, warm-up and compilation excluded): the high-water mark is reset through
-``/proc/self/clear_refs`` and read from ``VmHWM``.
+Peak memory is the growth of the process's peak RSS during one more forward + backward after the
+timed runs, above its RSS just before it (inputs, warm-up, compilation and the probe's buffers
+excluded): the high-water mark is reset through ``/proc/self/clear_refs`` and read from ``VmHWM``.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_cpu_kernel.py                 # the issue's figures (~4 min)
-    .venv/bin/python benchmarks/bench_cpu_kernel.py --tiles 128,256,512 --skip-naive --no-big
+    .venv/bin/python benchmarks/bench_cpu_kernel.py --tiles 128x128,256x256,256x1024
 
-Tile size (csrc/ntxent.cpp, kDefaultTile): measured with ``--tiles`` on the 2-core AMD EPYC
-(Zen 3, AVX2) dev machine, 2026-11-22, 2B = 16384, D = 128, fwd+bwd, 2 threads; see the
-``TILE_MEASUREMENT`` note below for the numbers.
+Tile shape (csrc/ntxent.cpp, kDefaultTileRows/Cols): measured with ``--tiles`` on the 2-core AMD
+EPYC (Zen 3, AVX2) dev machine, 2026-11-22; the numbers are in ``TILE_MEASUREMENT`` below.
 """
 
 from __future__ import annotations
@@ -36,8 +35,13 @@ import sys
 import time
 
 TILE_MEASUREMENT = """
-2026-11-22, 2-core AMD EPYC (Zen 3, AVX2, shared machine), torch 2.13.0+cpu, 2B = 16384, D = 128,
-fwd+bwd median of 3, 2 threads: filled in from `--tiles` runs (see the commit that set kDefaultTile).
+2026-11-22, 2-core AMD EPYC (Zen 3, AVX2), shared box at load average ~10, torch 2.13.0+cpu, D = 128,
+`--tiles` (cost = time x probe GFLOP/s / 4·N²·D; medians of 3-4 interleaved rounds):
+  2B = 8192, 1 thread:   128x128 1.40, 256x256 1.28, 256x512 1.21, 256x1024 1.31, 512x512 1.40,
+                         128x1024 1.40
+  2B = 16384, 2 threads: 256x256 1.12, 256x512 1.16, 256x1024 1.07, 512x1024 1.18
+Round-to-round spread was about ±15 %: 128-row tiles and 512x512 were the slowest; 256 rows with
+256-1024 columns are equal within the noise, and 256x256 (the smallest buffers) is the default.
 """
 
 GOALS = {"naive_over_cpu": 3.5, "compile_over_cpu": 1.5, "cpu_over_floor": 1.25, "rss_mb": 64.0}
@@ -152,16 +156,18 @@ def _run_case(spec: dict) -> dict:
         once()
         compile_s = time.perf_counter() - t0
     probe = _Probe()
-    out0.grad = out1.grad = None
-    gc.collect()
-    exact = _reset_peak()
-    base_kb = _rss_kb("VmRSS")
     fwd, bwd, probes = [], [], []
     for _ in range(spec["repeats"]):
         probes.append(probe())
         f, g = once()
         fwd.append(f)
         bwd.append(g)
+    # Memory on one more run of its own, without the probe (whose MKL buffers would count).
+    out0.grad = out1.grad = None
+    gc.collect()
+    exact = _reset_peak()
+    base_kb = _rss_kb("VmRSS")
+    once()
     peak_kb = _rss_kb("VmHWM")  # without the reset: the all-time peak (an upper bound)
     return {
         "times": [f + g for f, g in zip(fwd, bwd)],
@@ -230,6 +236,42 @@ def _row(name: str, r: dict, flops: float | None, floor: float | None) -> str:
     return f"{name:<24} {t:8.3f} {spread:>11} {fb:>11} {rate} {probe:6.1f} {xf} {mem}"
 
 
+def _tile_sweep(args) -> int:
+    """Compare tile shapes ROWSxCOLS in one process, interleaved, each run paired with a probe."""
+    import torch
+
+    from simclr_fast.backends.cpu import CPUBackend
+
+    torch.set_num_threads(args.threads)
+    n, d = args.n, args.d
+    z = torch.nn.functional.normalize(torch.randn(n, d), dim=1)
+    coef = torch.full((n,), 1.0 / n)
+    backend, probe = CPUBackend(), _Probe()
+    shapes = [tuple(t.split("x")) for t in args.tiles.split(",")]
+    costs: dict[tuple, list[tuple[float, float, float]]] = {shape: [] for shape in shapes}
+    for _ in range(args.repeats):
+        for rows, cols in shapes:
+            os.environ["SIMCLR_FAST_CPU_TILE"], os.environ["SIMCLR_FAST_CPU_TILE_COLS"] = rows, cols
+            g = probe()
+            t0 = time.perf_counter()
+            lse = backend.forward_lse(z, 0, n, 2.0)
+            t1 = time.perf_counter()
+            backend.backward_rows(z, lse, coef, 0, n, 2.0)
+            t2 = time.perf_counter()
+            costs[(rows, cols)].append(((t2 - t0) * g * 1e9 / (4 * n * n * d), t1 - t0, t2 - t1))
+    print(
+        f"tile sweep: 2B = {n}, D = {d}, {args.threads} threads, {args.repeats} interleaved rounds"
+    )
+    print("rows x cols   cost/floor (median, min; 2048³-probe units)   fwd s   bwd s")
+    for (rows, cols), v in costs.items():
+        med = statistics.median(x[0] for x in v)
+        fwd, bwd = statistics.median(x[1] for x in v), statistics.median(x[2] for x in v)
+        print(
+            f"{rows:>4} x {cols:<6} {med:8.2f} {min(x[0] for x in v):6.2f} {fwd:31.3f} {bwd:7.3f}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--case", help=argparse.SUPPRESS)
@@ -241,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--skip-naive", action="store_true", help="skip the eager and compiled naive loss"
     )
-    p.add_argument("--tiles", help="comma-separated tile sizes to compare (cpu backend, 2 threads)")
+    p.add_argument(
+        "--tiles", help="compare tile shapes instead, e.g. 256x256,256x1024 (rows x columns)"
+    )
+    p.add_argument("--threads", type=int, default=2, help="threads for --tiles (default 2)")
     p.add_argument("--json", help="write all results to this file")
     args = p.parse_args(argv)
 
@@ -273,8 +318,7 @@ def main(argv: list[str] | None = None) -> int:
 
     case("mm", "mm", repeats=5)
     if args.tiles:
-        for t in args.tiles.split(","):
-            case(f"cpu tile={t}", "cpu", tile=int(t))
+        return _tile_sweep(args)
     else:
         case("cpu", "cpu")
         case("cpu 1 thread", "cpu", threads=1)

@@ -77,10 +77,13 @@ using simclr_fast_tiles::TileBwd;
 using simclr_fast_tiles::TileFwd;
 using simclr_fast_tiles::TileOps;
 
-// Rows (and columns) per tile. Measured 2026-11-22 on the 2-core AMD EPYC (Zen 3, AVX2) dev
-// machine, fwd+bwd at 2B = 16384, D = 128, 2 threads (benchmarks/bench_cpu_kernel.py --tiles):
-// see the table in that script's module docstring. Override with SIMCLR_FAST_CPU_TILE (rows) and
-// SIMCLR_FAST_CPU_TILE_COLS (columns per chunk; default max(rows, kDefaultTileCols)).
+// Rows per tile and columns per chunk. Measured 2026-11-22 on the 2-core AMD EPYC (Zen 3, AVX2)
+// dev machine, fwd+bwd, D = 128, with `benchmarks/bench_cpu_kernel.py --tiles` (interleaved
+// rounds, each run paired with a GEMM probe; numbers in that script's TILE_MEASUREMENT): 128-row
+// tiles and 512 x 512 were the slowest; 256 rows with 256-1024 columns were equal within the
+// ±15 % noise of the shared box; 256 x 256 keeps the per-thread buffer at 256 KiB (half the L2).
+// Override with SIMCLR_FAST_CPU_TILE (rows) and SIMCLR_FAST_CPU_TILE_COLS (columns per chunk;
+// default max(rows, kDefaultTileCols)).
 constexpr int64_t kDefaultTileRows = 256;
 constexpr int64_t kDefaultTileCols = 256;
 
