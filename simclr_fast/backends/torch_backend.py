@@ -24,11 +24,18 @@ def _row_blocks(row_count: int, n: int):
         yield start, min(row_count, start + step)
 
 
+#: |inv_tau| up to which one fixed shift c = |inv_tau| is safe: z is normalized, so every
+#: similarity lies in [-c, c] and e^{s - c} lies in [e^{-2c}, 1], a normal fp32 number for 2c <= 80
+#: (fp32's smallest normal is e^-87.3). Past it the exact per-row max path is used.
+FIXED_SHIFT_MAX_INV_TAU = 40.0
+
+
 def _masked_block(
     z: torch.Tensor, zc: torch.Tensor, lo: int, hi: int, row_start: int, inv_tau: float
 ) -> torch.Tensor:
     """``S`` for rows ``[lo, hi)`` of the owned block, the diagonal set to ``-inf``."""
-    s = torch.mm(z[row_start + lo : row_start + hi], zc.T).mul_(inv_tau)
+    # scaling the (rows, D) operand instead of the (rows, N) product saves a pass over S
+    s = torch.mm(z[row_start + lo : row_start + hi] * inv_tau, zc.T)
     idx = torch.arange(hi - lo, device=z.device)
     s[idx, row_start + lo + idx] = float("-inf")
     return s
@@ -49,8 +56,14 @@ class TorchBackend(Backend):
         self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float
     ) -> torch.Tensor:
         lse = torch.empty(row_count, dtype=z.dtype, device=z.device)
+        shift = abs(inv_tau)
+        fixed = shift <= FIXED_SHIFT_MAX_INV_TAU
         for lo, hi in _row_blocks(row_count, z.shape[0]):
-            lse[lo:hi] = torch.logsumexp(_masked_block(z, z, lo, hi, row_start, inv_tau), dim=1)
+            s = _masked_block(z, z, lo, hi, row_start, inv_tau)
+            if fixed:  # lse = c + log Σ e^{s - c}: no max pass needed
+                lse[lo:hi] = s.sub_(shift).exp_().sum(dim=1).log_().add_(shift)
+            else:
+                lse[lo:hi] = torch.logsumexp(s, dim=1)
         return lse
 
     def backward_rows(
@@ -65,12 +78,22 @@ class TorchBackend(Backend):
         lse = lse.to(z.dtype)
         coef = coef.to(z.dtype)
         dz = torch.empty(row_count, z.shape[1], dtype=z.dtype, device=z.device)
+        shift = abs(inv_tau)
+        fixed = shift <= FIXED_SHIFT_MAX_INV_TAU
+        # G_kj = coef_k e^{s - lse_k} + coef_j e^{s - lse_j}. With the fixed shift this is
+        # e^{s - c} (u_k + u_j), u = coef e^{c - lse} (<= coef e^{2c}: finite in fp32 for 2c <= 80),
+        # one exponential per entry instead of two.
+        u = coef * torch.exp(shift - lse) if fixed else None
         for lo, hi in _row_blocks(row_count, z.shape[0]):
             s = _masked_block(z, z, lo, hi, row_start, inv_tau)
             rows = slice(row_start + lo, row_start + hi)
-            # G = coef_k e^{s - lse_k} + coef_j e^{s - lse_j}; exp(-inf) = 0 clears the diagonal.
-            g = torch.sub(s, lse[rows, None]).exp_().mul_(coef[rows, None])
-            g.add_(s.sub_(lse[None, :]).exp_().mul_(coef[None, :]))
+            if fixed:
+                e = s.sub_(shift).exp_()  # exp(-inf) = 0 clears the diagonal
+                g = torch.mul(e, u[None, :]).addcmul_(e, u[rows, None])
+                del e
+            else:
+                g = torch.sub(s, lse[rows, None]).exp_().mul_(coef[rows, None])
+                g.add_(s.sub_(lse[None, :]).exp_().mul_(coef[None, :]))
             del s
             torch.mm(g, z, out=dz[lo:hi])
         return dz.mul_(inv_tau)
