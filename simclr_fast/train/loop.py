@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -212,10 +213,14 @@ def append_csv(path: Path, row: dict) -> None:
 
 def plot_history(path: Path, rows: list[dict]) -> None:
     """Loss and kNN accuracy per epoch, as a PNG (matplotlib, Agg backend: no display needed)."""
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'simclr-fast[examples]')")
+        return
 
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(
@@ -429,8 +434,12 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
         write_csv(csv_path, history)
     bar = None
     if d.main and not cfg.no_progress:
-        from tqdm.auto import tqdm
-
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # the bar is optional (pip install 'simclr-fast[examples]')
+            cfg = dataclasses.replace(cfg, no_progress=True)
+            tqdm = None
+    if d.main and not cfg.no_progress:
         total = None if cfg.time_budget else cfg.epochs * steps_per_epoch
         bar = tqdm(total=total, initial=sched.steps, unit="step", dynamic_ncols=True)
 
@@ -570,7 +579,11 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     if history:
         plot_history(out_dir / "loss_knn.png", history)
     if not cfg.no_probe:
-        summary.update(_probes(cfg, data, model, in_channels, preprocess, device))
+        try:
+            summary.update(_probes(cfg, data, model, in_channels, preprocess, device))
+        except ImportError as exc:  # scikit-learn is optional for CIFAR-10 / image folders
+            print(f"no linear probe: {exc} (pip install scikit-learn)")
+            cfg = dataclasses.replace(cfg, no_probe=True)
     with open(out_dir / "summary.json.tmp", "w") as f:
         json.dump(summary, f, indent=2)
     os.replace(out_dir / "summary.json.tmp", out_dir / "summary.json")
