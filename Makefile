@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.simclr-fast-installed
 
-.PHONY: install test bench lint format wheel clean
+.PHONY: install test bench bench-full bench-pytest lint format wheel clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,15 @@ test: $(STAMP)
 	$(PY) -m simclr_fast check-kernels --arch sm_80 sm_90
 	$(PY) -m pytest tests
 
+# fused vs naive NT-Xent on this machine: a table, bench-results/results.csv|jsonl, bench-results/loss.png
 bench: $(STAMP)
-	$(PY) -m simclr_fast bench
+	$(PY) -m simclr_fast bench $(ARGS)
+
+bench-full: $(STAMP)
+	$(PY) -m simclr_fast bench --full
+
+bench-pytest: $(STAMP)
+	$(PY) -m pytest benchmarks/ --benchmark-only
 
 lint: $(STAMP)
 	$(PY) -m ruff check simclr_fast tests benchmarks examples setup.py
