@@ -40,8 +40,13 @@ TILE_MEASUREMENT = """
   2B = 8192, 1 thread:   128x128 1.40, 256x256 1.28, 256x512 1.21, 256x1024 1.31, 512x512 1.40,
                          128x1024 1.40
   2B = 16384, 2 threads: 256x256 1.12, 256x512 1.16, 256x1024 1.07, 512x1024 1.18
-Round-to-round spread was about ±15 %: 128-row tiles and 512x512 were the slowest; 256 rows with
-256-1024 columns are equal within the noise, and 256x256 (the smallest buffers) is the default.
+Again at load average ~2 (2026-11-22 09:00, 5 and 3 rounds):
+  2B = 8192, 1 thread:   128x256 1.25, 256x256 1.17, 256x512 1.20, 256x1024 1.21, 384x768 1.20,
+                         512x512 1.18
+  2B = 16384, 2 threads: 256x256 1.13, 256x1024 1.24, 512x512 1.23
+Round-to-round spread was about ±10-15 %: 128-row tiles were among the slowest; 256x256 had the
+best median in both sweeps at low load (at load ~10, 256x512 and 256x1024 led it by < 10 %, inside
+the noise) and has the smallest buffers, so it is the default.
 """
 
 GOALS = {"naive_over_cpu": 3.5, "compile_over_cpu": 1.5, "cpu_over_floor": 1.25, "rss_mb": 64.0}

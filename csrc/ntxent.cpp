@@ -78,8 +78,9 @@ using simclr_fast_tiles::TileOps;
 // Rows per tile and columns per chunk. Measured 2026-11-22 on the 2-core AMD EPYC (Zen 3, AVX2)
 // dev machine, fwd+bwd, D = 128, with `benchmarks/bench_cpu_kernel.py --tiles` (interleaved
 // rounds, each run paired with a GEMM probe; numbers in that script's TILE_MEASUREMENT): 128-row
-// tiles and 512 x 512 were the slowest; 256 rows with 256-1024 columns were equal within the
-// ±15 % noise of the shared box; 256 x 256 keeps the per-thread buffer at 256 KiB (half the L2).
+// tiles were among the slowest; 256 x 256 had the best median in both sweeps at low load (256-1024
+// columns, 384 x 768 and 512 x 512 within ~10 %, inside the noise of the shared box; at high load
+// 256 x 512 / 256 x 1024 led by < 10 %) and keeps the per-thread tile buffer at 256 KiB.
 // Override with SIMCLR_FAST_CPU_TILE (rows) and SIMCLR_FAST_CPU_TILE_COLS (columns per chunk;
 // default max(rows, kDefaultTileCols)).
 constexpr int64_t kDefaultTileRows = 256;
