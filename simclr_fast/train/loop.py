@@ -219,7 +219,7 @@ def plot_history(path: Path, rows: list[dict]) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'simclr-fast[examples]')")
+        print("matplotlib is not installed: no plot (pip install 'simclr-fast[train]')")
         return
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -436,7 +436,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     if d.main and not cfg.no_progress:
         try:
             from tqdm.auto import tqdm
-        except ImportError:  # the bar is optional (pip install 'simclr-fast[examples]')
+        except ImportError:  # the bar is optional (pip install 'simclr-fast[train]')
             cfg = dataclasses.replace(cfg, no_progress=True)
             tqdm = None
     if d.main and not cfg.no_progress:
@@ -582,7 +582,7 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
         try:
             summary.update(_probes(cfg, data, model, in_channels, preprocess, device))
         except ImportError as exc:  # scikit-learn is optional for CIFAR-10 / image folders
-            print(f"no linear probe: {exc} (pip install scikit-learn)")
+            print(f"no linear probe: {exc} (pip install 'simclr-fast[train]')")
             cfg = dataclasses.replace(cfg, no_probe=True)
     with open(out_dir / "summary.json.tmp", "w") as f:
         json.dump(summary, f, indent=2)
