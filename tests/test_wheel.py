@@ -3,7 +3,7 @@
 Building the extension takes ~40-60 s on the 2-core box, so the wheel is built once per module.
 The full check (a fresh venv with only torch, the wheel installed with its declared dependencies,
 the "cpu" backend run from outside the tree) needs another ~2 min, mostly installing torch: it is
-tests/wheel_check.sh, run by CI as its own step and here under `-m slow`.
+tests/wheel_check.sh, which the last test here runs (so `make test`, and CI, run it).
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ def test_wheel_is_platform_specific_with_extension_and_torch_pin(wheel):
     assert "simclr_fast/backends/cpu.py" in names and "simclr_fast/_extension.py" in names
 
 
-@pytest.mark.slow
 def test_fresh_venv_with_only_torch_runs_the_cpu_backend(wheel):
     proc = subprocess.run(
         ["bash", str(ROOT / "tests" / "wheel_check.sh"), str(wheel)],
