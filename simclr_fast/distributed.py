@@ -47,7 +47,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from simclr_fast import backends
-from simclr_fast._function import positive_logits
+from simclr_fast._function import positive_logits, subtract_positive_term
 from simclr_fast.backends.base import Backend
 from simclr_fast.reference import nt_xent_reference_rows
 
@@ -211,7 +211,7 @@ class GatheredNTXentFunction(torch.autograd.Function):
         )
         # Positive pairs: both ends are local, both rows carry this rank's coef.
         coef = coef_rank[rank].to(z_local.dtype)
-        dz.sub_(z_local.roll(n // 2, dims=0) * (2 * ctx.inv_tau * coef))
+        subtract_positive_term(dz, z_local, 2 * ctx.inv_tau * coef)
         return dz, None, None, None, None
 
 
