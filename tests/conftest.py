@@ -21,7 +21,9 @@ def cpu_backends(dtype: torch.dtype = torch.float32) -> list[str]:
     ``triton`` runs here only under the interpreter (numpy, slow): tests/test_triton_backend.py
     covers it at interpreter-friendly sizes instead.
     """
-    return [b for b in simclr_fast.available_backends("cpu", dtype) if b not in ("reference", "triton")]
+    return [
+        b for b in simclr_fast.available_backends("cpu", dtype) if b not in ("reference", "triton")
+    ]
 
 
 def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
