@@ -198,6 +198,20 @@ def _check_z(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) ->
     _check_device(z, "z")
 
 
+def _launch_meta(cfg, z: torch.Tensor) -> dict:
+    """Compile-time constants and launch options shared by the forward and backward launches."""
+    return dict(
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_D=cfg.block_d,
+        SINGLE_D=cfg.single_d,
+        INPUT_PRECISION=INPUT_PRECISION,
+        UPCAST_OPERANDS=interpreting() and z.dtype == torch.bfloat16,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
 def ntxent_fwd(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
     """Launch the forward kernel: fp32 log-sum-exp of the owned rows, shape ``(row_count,)``."""
     _check_z(z, row_start, row_count, inv_tau)
@@ -214,14 +228,7 @@ def ntxent_fwd(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) 
         row_count,
         z.stride(0),
         float(inv_tau) * LOG2E,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_D=cfg.block_d,
-        SINGLE_D=cfg.single_d,
-        INPUT_PRECISION=INPUT_PRECISION,
-        UPCAST_OPERANDS=interpreting() and z.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **_launch_meta(cfg, z),
     )
     return lse
 
@@ -267,14 +274,7 @@ def ntxent_bwd(
         z.stride(0),
         dz.stride(0),
         float(inv_tau) * LOG2E,
-        BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n,
-        BLOCK_D=cfg.block_d,
-        SINGLE_D=cfg.single_d,
-        INPUT_PRECISION=INPUT_PRECISION,
-        UPCAST_OPERANDS=interpreting() and z.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
+        **_launch_meta(cfg, z),
     )
     return dz
 
