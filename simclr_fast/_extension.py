@@ -90,6 +90,25 @@ def _register_fakes() -> None:
         torch._check(z.dim() == 2, lambda: "z must be 2-D (N, D)")
         return z.new_empty((row_count, z.shape[1]), dtype=torch.float32)
 
+    @torch.library.register_fake("simclr_fast::augment_view_cpu")
+    def _augment_fake(
+        images: torch.Tensor,
+        crop: torch.Tensor,
+        flags: torch.Tensor,
+        factors: torch.Tensor,
+        order: torch.Tensor,
+        sigma: torch.Tensor,
+        mean: torch.Tensor | None,
+        std: torch.Tensor | None,
+        out: torch.Tensor,
+        bicubic: bool,
+        blur_kernel: int,
+        hue: bool,
+        solarize_threshold: float,
+    ) -> None:
+        torch._check(images.dim() == 4, lambda: "images must be 4-D (B, C, H, W)")
+        return None
+
 
 def _load() -> tuple[bool, str | None]:
     global BUILD_INFO
