@@ -10,9 +10,23 @@ import kornia
 import pytest
 import torch
 
-from simclr_fast.augment import RECIPES, SimCLRAugment, ViewParams, _hue_shift
+from simclr_fast.augment import (
+    RECIPES,
+    SimCLRAugment,
+    ViewParams,
+    _hue_shift,
+    cpu_kernel_unavailable,
+)
 
 OFF = {"jitter_p": 0.0, "grayscale_p": 0.0, "blur_p": 0.0, "solarize_p": 0.0}
+
+# The op semantics are checked on both paths: the tensor ops and the fused C++ kernel
+# (csrc/augment.cpp). The kernel is built by `make test`; only a pure-Python install skips it.
+NO_KERNEL = cpu_kernel_unavailable()
+BACKENDS = [
+    "torch",
+    pytest.param("cpu", marks=pytest.mark.skipif(NO_KERNEL is not None, reason=str(NO_KERNEL))),
+]
 
 
 def _images(batch=4, channels=3, size=32, seed=0, dtype=torch.uint8):
@@ -58,35 +72,41 @@ def test_dtypes(in_dtype, out_dtype):
     assert torch.isfinite(v0.float()).all()
 
 
-def test_uint8_and_float_inputs_agree():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uint8_and_float_inputs_agree(backend):
     x8 = _images(4, 3, 24)
-    a = SimCLRAugment("simclr-cifar", seed=3)(x8)
-    b = SimCLRAugment("simclr-cifar", seed=3)(x8.float() / 255)
+    a = SimCLRAugment("simclr-cifar", backend=backend, seed=3)(x8)
+    b = SimCLRAugment("simclr-cifar", backend=backend, seed=3)(x8.float() / 255)
     torch.testing.assert_close(a[0], b[0])
     torch.testing.assert_close(a[1], b[1])
 
 
-def test_nhwc_matches_nchw_and_auto_detects():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nhwc_matches_nchw_and_auto_detects(backend):
     x = _images(4, 3, 20)
-    ref = SimCLRAugment("simclr-cifar", seed=5)(x)
+    ref = SimCLRAugment("simclr-cifar", backend=backend, seed=5)(x)
     nhwc = x.permute(0, 2, 3, 1).contiguous()
     for fmt, inp in (("NHWC", nhwc), ("auto", nhwc), ("auto", x)):
-        out = SimCLRAugment("simclr-cifar", seed=5, data_format=fmt)(inp)
+        out = SimCLRAugment("simclr-cifar", backend=backend, seed=5, data_format=fmt)(inp)
         torch.testing.assert_close(out[0], ref[0])
         torch.testing.assert_close(out[1], ref[1])
 
 
-def test_channels_last_output():
-    v0, v1 = SimCLRAugment("simclr-cifar", seed=0, memory_format=torch.channels_last)(_images())
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_output(backend):
+    v0, v1 = SimCLRAugment(
+        "simclr-cifar", backend=backend, seed=0, memory_format=torch.channels_last
+    )(_images())
     assert v0.is_contiguous(memory_format=torch.channels_last)
     assert v1.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_normalization():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_normalization(backend):
     x = _images(4, 3, 16)
     mean, std = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
-    plain = SimCLRAugment("simclr-cifar", seed=2)(x)
-    normed = SimCLRAugment("simclr-cifar", seed=2, mean=mean, std=std)(x)
+    plain = SimCLRAugment("simclr-cifar", backend=backend, seed=2)(x)
+    normed = SimCLRAugment("simclr-cifar", backend=backend, seed=2, mean=mean, std=std)(x)
     m = torch.tensor(mean).view(1, 3, 1, 1)
     s = torch.tensor(std).view(1, 3, 1, 1)
     for p, n in zip(plain, normed, strict=True):
@@ -104,14 +124,15 @@ def test_kernel_size_is_ten_percent():
 # ------------------------------------------------------------------------------- determinism
 
 
-def test_seed_and_generator_reproducible():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seed_and_generator_reproducible(backend):
     x = _images(8, 3, 32)
-    a = SimCLRAugment("simclr-imagenet", size=32, seed=7)(x)
-    b = SimCLRAugment("simclr-imagenet", size=32, seed=7)(x)
-    c = SimCLRAugment("simclr-imagenet", size=32, seed=8)(x)
+    a = SimCLRAugment("simclr-imagenet", backend=backend, size=32, seed=7)(x)
+    b = SimCLRAugment("simclr-imagenet", backend=backend, size=32, seed=7)(x)
+    c = SimCLRAugment("simclr-imagenet", backend=backend, size=32, seed=8)(x)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
-    aug = SimCLRAugment("simclr-imagenet", size=32)
+    aug = SimCLRAugment("simclr-imagenet", backend=backend, size=32)
     g1 = aug(x, generator=torch.Generator().manual_seed(11))
     g2 = aug(x, generator=torch.Generator().manual_seed(11))
     assert torch.equal(g1[0], g2[0]) and torch.equal(g1[1], g2[1])
@@ -208,8 +229,9 @@ def test_factor_ranges(big_params):
     assert cifar.blur_p == 0.0
 
 
-def test_byol_asymmetry():
-    aug = SimCLRAugment("byol", size=8, seed=9)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_byol_asymmetry(backend):
+    aug = SimCLRAugment("byol", backend=backend, size=8, seed=9)
     (_, _), (p0, p1) = aug(_images(20000, 3, 16, seed=2), return_params=True)
     assert p0["blur"].all() and not p0["solarize"].any()
     assert abs(p1["blur"].float().mean().item() - 0.1) < 0.015
@@ -250,12 +272,13 @@ def _kornia_jitter(img, factors, order):
     return img.squeeze(0)
 
 
-def test_color_jitter_matches_kornia_per_image_order():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_color_jitter_matches_kornia_per_image_order(backend):
     x = _images(48, 3, 16, seed=4)
     jittered, (p0, _) = SimCLRAugment(
-        "simclr-imagenet", size=12, seed=21, grayscale_p=0.0, blur_p=0.0
+        "simclr-imagenet", backend=backend, size=12, seed=21, grayscale_p=0.0, blur_p=0.0
     )(x, return_params=True)
-    plain = SimCLRAugment("simclr-imagenet", size=12, seed=21, **OFF)(x)
+    plain = SimCLRAugment("simclr-imagenet", backend=backend, size=12, seed=21, **OFF)(x)
     assert len({tuple(r) for r in p0["order"].tolist()}) > 10
     for i in range(x.shape[0]):
         if p0["jitter"][i]:
@@ -273,12 +296,15 @@ def test_hue_shift_matches_kornia():
     torch.testing.assert_close(_hue_shift(x, shift), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_grayscale_blur_flip_applied_where_drawn():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grayscale_blur_flip_applied_where_drawn(backend):
     x = _images(64, 3, 32, seed=6)
     kw = {"size": 32, "seed": 31}
-    (full, _), (p, _) = SimCLRAugment("simclr-imagenet", jitter_p=0.0, **kw)(x, return_params=True)
-    (plain, _) = SimCLRAugment("simclr-imagenet", **OFF, **kw)(x)
-    (noflip, _) = SimCLRAugment("simclr-imagenet", **OFF, flip_p=0.0, **kw)(x)
+    (full, _), (p, _) = SimCLRAugment("simclr-imagenet", backend=backend, jitter_p=0.0, **kw)(
+        x, return_params=True
+    )
+    (plain, _) = SimCLRAugment("simclr-imagenet", backend=backend, **OFF, **kw)(x)
+    (noflip, _) = SimCLRAugment("simclr-imagenet", backend=backend, **OFF, flip_p=0.0, **kw)(x)
     assert p["grayscale"].any() and p["blur"].any() and p["flip"].any()
     ksize = 2 * (32 // 10 // 2) + 1
     for i in range(64):
@@ -296,21 +322,31 @@ def test_grayscale_blur_flip_applied_where_drawn():
             torch.testing.assert_close(plain[i], noflip[i].flip(-1), atol=1e-5, rtol=1e-5)
 
 
-def test_uncropped_identity():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uncropped_identity(backend):
     """Full-image crop, no flip, nothing else: the output is the input (resampled 1:1)."""
     x = _images(4, 3, 16)
     out, _ = SimCLRAugment(
-        "simclr-cifar", size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, **OFF
+        "simclr-cifar",
+        backend=backend,
+        size=16,
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        flip_p=0.0,
+        **OFF,
     )(x)
     torch.testing.assert_close(out, x.float() / 255, atol=1e-5, rtol=0)
 
 
-def test_solarize_and_per_view_overrides():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_solarize_and_per_view_overrides(backend):
     x = _images(16, 3, 16)
-    aug = SimCLRAugment("simclr-cifar", size=16, seed=0, **OFF, view1={"solarize_p": 1.0})
+    aug = SimCLRAugment(
+        "simclr-cifar", backend=backend, size=16, seed=0, **OFF, view1={"solarize_p": 1.0}
+    )
     (v0, v1), (p0, p1) = aug(x, return_params=True)
     assert aug.view_params[0].solarize_p == 0.0 and p1["solarize"].all()
-    plain = SimCLRAugment("simclr-cifar", size=16, seed=0, **OFF)(x)[1]
+    plain = SimCLRAugment("simclr-cifar", backend=backend, size=16, seed=0, **OFF)(x)[1]
     torch.testing.assert_close(v1, torch.where(plain >= 0.5, 1 - plain, plain))
 
 
@@ -353,7 +389,7 @@ def test_constructor_errors(kwargs, exc, match):
 @pytest.mark.parametrize(
     "images,kwargs,exc,match",
     [
-        (torch.zeros(3, 32, 32, dtype=torch.uint8), {}, ValueError, "4-D batch"),
+        (torch.zeros(32, 32, dtype=torch.uint8), {}, ValueError, "4-D batch"),
         (torch.zeros(2, 1, 3, 32, 32, dtype=torch.uint8), {}, ValueError, "4-D batch"),
         (torch.zeros(0, 3, 32, 32, dtype=torch.uint8), {}, ValueError, "empty batch"),
         (torch.zeros(2, 4, 32, 32, dtype=torch.uint8), {}, ValueError, "4 channels"),
@@ -405,20 +441,22 @@ def test_cuda_stays_on_device_without_sync():
 def test_cpu_blocking_does_not_change_results(recipe, channels):
     x = _images(10, channels, 24)
     kw = {"size": 16, "seed": 4, "dtype": torch.bfloat16, "memory_format": torch.channels_last}
+    kw["backend"] = "torch"  # blocks are the tensor-op path's; the kernel goes image by image
     whole = SimCLRAugment(recipe, cpu_block_bytes=None, **kw)(x)
     blocks = SimCLRAugment(recipe, cpu_block_bytes=3 * 4 * 16 * 16 * 3, **kw)(x)  # 3 images
     assert blocks[0].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(whole[0], blocks[0]) and torch.equal(whole[1], blocks[1])
 
 
-def test_same_on_batch():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_on_batch(backend):
     x = _images(1, 3, 24).expand(6, -1, -1, -1).contiguous()
-    (v0, v1), (p0, _) = SimCLRAugment("simclr-imagenet", size=16, seed=0, same_on_batch=True)(
-        x, return_params=True
-    )
+    (v0, v1), (p0, _) = SimCLRAugment(
+        "simclr-imagenet", backend=backend, size=16, seed=0, same_on_batch=True
+    )(x, return_params=True)
     assert p0["crop"].shape == (6, 4) and (p0["crop"] == p0["crop"][:1]).all()
     assert (v0 == v0[:1]).all() and (v1 == v1[:1]).all()
-    varied, _ = SimCLRAugment("simclr-imagenet", size=16, seed=0)(x)
+    varied, _ = SimCLRAugment("simclr-imagenet", backend=backend, size=16, seed=0)(x)
     assert not (varied == varied[:1]).all()
     with pytest.raises(TypeError, match="same_on_batch"):
-        SimCLRAugment("simclr-cifar", same_on_batch=1)
+        SimCLRAugment("simclr-cifar", backend=backend, same_on_batch=1)
