@@ -259,3 +259,17 @@ def test_a_mode_returning_rows_shares_the_result_files(monkeypatch, tmp_path, ca
     (row,) = _rows(out)
     assert row["suite"] == "dist" and row["metric"] == "step_ms" and float(row["value"]) == 1.5
     assert row["device"] == "cpu" and row["git_commit"] and json.loads(row["extra"]) == {"world": 4}
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_augment_mode_compares_with_the_per_image_baseline(backend, tmp_path, capsys):
+    out = tmp_path / "aug.json"
+    argv = ["bench", "augment", "--configs", "cifar", "--batch", "8", "--repeats", "1"]
+    argv += ["--baseline-images", "4", "--threads", "1", "--backend", backend, "--json", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"backend={backend}" in text and "speed-up" in text
+    (row,) = json.loads(out.read_text())
+    assert row["config"] == "cifar" and row["batch"] == 8 and row["backend"] == backend
+    assert row["ours_img_per_s"] > 0 and row["baseline_img_per_s"] > 0
+    assert row["baseline_workers"] == 2 and "PIL" in row["baseline"]

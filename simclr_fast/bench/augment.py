@@ -74,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "cpu"),
+        default="auto",
+        help="SimCLRAugment backend: auto (the fused C++ kernel on CPU where it applies), "
+        "torch (tensor ops), cpu (the fused kernel)",
+    )
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default="fp32", help="output dtype")
     parser.add_argument("--channels-last", action="store_true", help="channels_last output")
     parser.add_argument("--workers", type=int, default=2, help="baseline worker processes")
@@ -95,7 +102,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_simclr_augment_runner(recipe, size, batch, input_size, device, dtype, channels_last):
+def make_simclr_augment_runner(
+    recipe, size, batch, input_size, device, dtype, channels_last, backend="auto"
+):
     """A warmed-up callable that times one batch (two views) of SimCLRAugment, in seconds."""
     from simclr_fast.augment import SimCLRAugment
 
@@ -110,6 +119,7 @@ def make_simclr_augment_runner(recipe, size, batch, input_size, device, dtype, c
         dtype=dtype,
         memory_format=torch.channels_last if channels_last else torch.contiguous_format,
         generator=gen,
+        backend=backend,
     )
     aug(images)  # warm-up
     _sync(device)
@@ -332,7 +342,8 @@ def run(args: argparse.Namespace) -> int:
         "commit": _git_commit(),
     }
     print(
-        f"# SimCLRAugment vs per-image pipeline; device={device} ({meta['device']}), "
+        f"# SimCLRAugment (backend={args.backend}) vs per-image pipeline; "
+        f"device={device} ({meta['device']}), "
         f"torch {meta['torch']}, kornia {meta['kornia']}, {meta['torch_threads']} torch threads, "
         f"baseline {args.workers} worker processes"
     )
@@ -342,7 +353,14 @@ def run(args: argparse.Namespace) -> int:
         batch = args.batch or batch
         input_size = args.input_size or size
         ours_once = make_simclr_augment_runner(
-            recipe, size, batch, input_size, device, _DTYPES[args.dtype], args.channels_last
+            recipe,
+            size,
+            batch,
+            input_size,
+            device,
+            _DTYPES[args.dtype],
+            args.channels_last,
+            args.backend,
         )
         ours_runs, base_runs = [], []
         if args.no_baseline:
@@ -364,6 +382,7 @@ def run(args: argparse.Namespace) -> int:
             "input_size": input_size,
             "batch": batch,
             "repeats": args.repeats,
+            "backend": args.backend,
             "ours_img_per_s": ours_rate,
             "ours_img_per_s_range": [batch / ours[2], batch / ours[1]],
             "ours_cpu_s_per_img": ours_cpu,
