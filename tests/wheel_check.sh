@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The wheel works elsewhere: build a platform wheel with the compiled extension, install it into a
 # fresh virtual environment that has only torch (plus the wheel's declared dependencies), and run
-# the "cpu" backend from outside the source tree.
+# the "cpu" loss backend and the augmentation kernel from outside the source tree.
 #
 #   bash tests/wheel_check.sh [WHEEL]     # WHEEL: an already built .whl to check (else built here)
 #
@@ -60,5 +60,14 @@ loss.backward()
 ref = simclr_fast.nt_xent_reference(out0.double(), out1.double())
 assert abs(loss.item() - ref.item()) < 1e-5, (loss.item(), ref.item())
 print(f"   torch {torch.__version__}, kernels: {_extension.cpu_isa()}, loss {loss.item():.6f} (reference {ref.item():.6f})")
+
+from simclr_fast.augment import SimCLRAugment
+
+images = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+fused = SimCLRAugment("simclr-imagenet", size=32, seed=0, backend="cpu")(images)
+plain = SimCLRAugment("simclr-imagenet", size=32, seed=0, backend="torch")(images)
+for a, b in zip(fused, plain):
+    assert a.shape == (4, 3, 32, 32) and (a - b).abs().max().item() < 2e-5
+print("   augmentation kernel: views equal the tensor-op path")
 PY
 echo "wheel check: 1 passed, 0 failed"
