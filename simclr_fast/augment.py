@@ -50,8 +50,8 @@ Two paths compute the same views from the same random parameters (``backend``):
 * the fused C++ kernel (``"cpu"``, csrc/augment.cpp), for CPU tensors: every op of one image runs
   while the image sits in cache, reading uint8 directly. The tensor-op path makes ~20 fp32 passes
   over the batch and measured 18-23 CPU-ms per image at 224 px on the 2-core dev box
-  (2026-11-22), slower than the per-image PIL pipeline; the kernel does the same in ~3 CPU-ms.
-  It covers the axis-aligned ops of the SimCLR/BYOL recipes (not rotation, shear, noise or
+  (2026-11-22), slower than the per-image PIL pipeline (12 CPU-ms); the kernel does the same in
+  3.2-3.7 CPU-ms (``simclr-fast bench augment``, README "Augmentation"). It covers the axis-aligned ops of the SimCLR/BYOL recipes (not rotation, shear, noise or
   erasing, which ``digits`` uses: those views take the tensor ops).
 
 ``"auto"`` (the default) takes the kernel for every view it covers when the images are on the
