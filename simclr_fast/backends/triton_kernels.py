@@ -220,7 +220,9 @@ def _ntxent_bwd_kernel(
                 s = tl.dot(a, tl.trans(b), s, input_precision=INPUT_PRECISION)
         s = s * qk_scale
         g = c_k[:, None] * tl.exp2(s - lse_k[:, None]) + c_j[None, :] * tl.exp2(s - lse_j[None, :])
-        keep = col_ok[None, :] & (cols[None, :] != grow[:, None])
+        # Padding rows too: their lse_k = c_k = 0 leaves c_j·2^(s − lse_j) unbounded (2^20 at
+        # τ = 0.07), which overflowed the fp16 cast below (inf in rows that are never stored).
+        keep = row_ok[:, None] & col_ok[None, :] & (cols[None, :] != grow[:, None])
         g = tl.where(keep, g, 0.0)
         g = g.to(z_ptr.dtype.element_ty)  # fp16/bf16 inputs: the second dot runs on tensor cores
         if UPCAST_OPERANDS:
