@@ -21,10 +21,14 @@ and a one-thread process one share, so wall-clock ratios swing with the load; CP
 does not (much), and ``2 / cpu_time`` is the rate an idle 2-core machine would reach if the work
 split perfectly over both cores.
 
+``--backend`` picks SimCLRAugment's path (``auto``: the fused C++ kernel on CPU for the views it
+covers; ``torch``: the tensor ops; see simclr_fast/augment.py), so both can be compared with the
+same baseline.
+
 On a CPU shared with other jobs, set ``OMP_WAIT_POLICY=PASSIVE`` (or ``--threads 1``): with more
 OpenMP threads than free cores, spinning threads wait on descheduled ones at every op (measured on
-the 2-core dev box under load ≈ 9, 2026-11-22: simclr-cifar 267 img/s with the default policy,
-1379 with ``PASSIVE``, 1483 with one thread).
+the 2-core dev box under load ≈ 9, 2026-11-22, tensor-op path: simclr-cifar 267 img/s with the
+default policy, 1379 with ``PASSIVE``, 1483 with one thread).
 """
 
 from __future__ import annotations
