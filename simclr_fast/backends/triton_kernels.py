@@ -51,6 +51,43 @@ import triton.language as tl
 
 
 @triton.jit
+def _load_rows(z_ptr, off, ok, d_idx, D, UPCAST_OPERANDS: tl.constexpr):
+    """The block z[rows, d_idx] (``off``: int64 row offsets), 0 outside ``ok`` and beyond D."""
+    x = tl.load(
+        z_ptr + off[:, None] + d_idx[None, :],
+        mask=ok[:, None] & (d_idx[None, :] < D),
+        other=0.0,
+    )
+    if UPCAST_OPERANDS:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _similarity_tile(
+    z_ptr,
+    row_off,
+    row_ok,
+    col_off,
+    col_ok,
+    offs_d,
+    D,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UPCAST_OPERANDS: tl.constexpr,
+):
+    """Raw dot products z_rows · z_colsᵀ (fp32), over D in chunks of BLOCK_D."""
+    s = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        a = _load_rows(z_ptr, row_off, row_ok, d0 + offs_d, D, UPCAST_OPERANDS)
+        b = _load_rows(z_ptr, col_off, col_ok, d0 + offs_d, D, UPCAST_OPERANDS)
+        s = tl.dot(a, tl.trans(b), s, input_precision=INPUT_PRECISION)
+    return s
+
+
+@triton.jit
 def _ntxent_fwd_kernel(
     z_ptr,
     lse_ptr,
@@ -75,14 +112,8 @@ def _ntxent_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_off = grow.to(tl.int64) * stride_z
 
-    if SINGLE_D:
-        zr = tl.load(
-            z_ptr + row_off[:, None] + offs_d[None, :],
-            mask=row_ok[:, None] & (offs_d[None, :] < D),
-            other=0.0,
-        )
-        if UPCAST_OPERANDS:
-            zr = zr.to(tl.float32)
+    if SINGLE_D:  # all of D in one block: the row block stays in registers
+        zr = _load_rows(z_ptr, row_off, row_ok, offs_d, D, UPCAST_OPERANDS)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)  # running max of s·log2(e)
     l_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum of exp2(s·log2(e) − m_i)
@@ -91,32 +122,23 @@ def _ntxent_fwd_kernel(
         col_ok = cols < N
         col_off = cols.to(tl.int64) * stride_z
         if SINGLE_D:
-            zc = tl.load(
-                z_ptr + col_off[:, None] + offs_d[None, :],
-                mask=col_ok[:, None] & (offs_d[None, :] < D),
-                other=0.0,
-            )
-            if UPCAST_OPERANDS:
-                zc = zc.to(tl.float32)
+            zc = _load_rows(z_ptr, col_off, col_ok, offs_d, D, UPCAST_OPERANDS)
             s = tl.dot(zr, tl.trans(zc), input_precision=INPUT_PRECISION)
         else:
-            s = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                dm = (d0 + offs_d) < D
-                a = tl.load(
-                    z_ptr + row_off[:, None] + (d0 + offs_d)[None, :],
-                    mask=row_ok[:, None] & dm[None, :],
-                    other=0.0,
-                )
-                b = tl.load(
-                    z_ptr + col_off[:, None] + (d0 + offs_d)[None, :],
-                    mask=col_ok[:, None] & dm[None, :],
-                    other=0.0,
-                )
-                if UPCAST_OPERANDS:
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
-                s = tl.dot(a, tl.trans(b), s, input_precision=INPUT_PRECISION)
+            s = _similarity_tile(
+                z_ptr,
+                row_off,
+                row_ok,
+                col_off,
+                col_ok,
+                offs_d,
+                D,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
         s = s * qk_scale
         keep = col_ok[None, :] & (cols[None, :] != grow[:, None])
         s = tl.where(keep, s, float("-inf"))
@@ -170,19 +192,13 @@ def _ntxent_bwd_kernel(
     row_off = grow.to(tl.int64) * stride_z
     out_off = offs_m.to(tl.int64) * stride_dz
 
-    # Padded rows get coef 0 and lse 0: their G rows are garbage but never stored.
+    # Padded rows get coef 0 and lse 0; the keep mask below zeroes their G rows.
     lse_k = tl.load(lse_ptr + grow, mask=row_ok, other=0.0) * LOG2E
     c_k = tl.load(coef_ptr + grow, mask=row_ok, other=0.0)
     out_scale = tl.load(out_scale_ptr)
 
-    if SINGLE_D:
-        zr = tl.load(
-            z_ptr + row_off[:, None] + offs_d[None, :],
-            mask=row_ok[:, None] & (offs_d[None, :] < D),
-            other=0.0,
-        )
-        if UPCAST_OPERANDS:
-            zr = zr.to(tl.float32)
+    if SINGLE_D:  # all of D in one block: the row block stays in registers
+        zr = _load_rows(z_ptr, row_off, row_ok, offs_d, D, UPCAST_OPERANDS)
         acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
 
     for n0 in range(0, N, BLOCK_N):
@@ -192,32 +208,23 @@ def _ntxent_bwd_kernel(
         lse_j = tl.load(lse_ptr + cols, mask=col_ok, other=0.0) * LOG2E
         c_j = tl.load(coef_ptr + cols, mask=col_ok, other=0.0)
         if SINGLE_D:
-            zc = tl.load(
-                z_ptr + col_off[:, None] + offs_d[None, :],
-                mask=col_ok[:, None] & (offs_d[None, :] < D),
-                other=0.0,
-            )
-            if UPCAST_OPERANDS:
-                zc = zc.to(tl.float32)
+            zc = _load_rows(z_ptr, col_off, col_ok, offs_d, D, UPCAST_OPERANDS)
             s = tl.dot(zr, tl.trans(zc), input_precision=INPUT_PRECISION)
         else:
-            s = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                dm = (d0 + offs_d) < D
-                a = tl.load(
-                    z_ptr + row_off[:, None] + (d0 + offs_d)[None, :],
-                    mask=row_ok[:, None] & dm[None, :],
-                    other=0.0,
-                )
-                b = tl.load(
-                    z_ptr + col_off[:, None] + (d0 + offs_d)[None, :],
-                    mask=col_ok[:, None] & dm[None, :],
-                    other=0.0,
-                )
-                if UPCAST_OPERANDS:
-                    a = a.to(tl.float32)
-                    b = b.to(tl.float32)
-                s = tl.dot(a, tl.trans(b), s, input_precision=INPUT_PRECISION)
+            s = _similarity_tile(
+                z_ptr,
+                row_off,
+                row_ok,
+                col_off,
+                col_ok,
+                offs_d,
+                D,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                INPUT_PRECISION,
+                UPCAST_OPERANDS,
+            )
         s = s * qk_scale
         g = c_k[:, None] * tl.exp2(s - lse_k[:, None]) + c_j[None, :] * tl.exp2(s - lse_j[None, :])
         # Padding rows too: their lse_k = c_k = 0 leaves c_j·2^(s − lse_j) unbounded (2^20 at
@@ -234,16 +241,9 @@ def _ntxent_bwd_kernel(
             # The barrier orders each chunk's stores before any later load of the same rows
             # (bar.sync makes a CTA's global writes visible to the whole CTA).
             for d0 in range(0, D, BLOCK_D):
-                dm = (d0 + offs_d) < D
-                b = tl.load(
-                    z_ptr + col_off[:, None] + (d0 + offs_d)[None, :],
-                    mask=col_ok[:, None] & dm[None, :],
-                    other=0.0,
-                )
-                if UPCAST_OPERANDS:
-                    b = b.to(tl.float32)
+                b = _load_rows(z_ptr, col_off, col_ok, d0 + offs_d, D, UPCAST_OPERANDS)
                 out_ptrs = dz_ptr + out_off[:, None] + (d0 + offs_d)[None, :]
-                out_mask = row_ok[:, None] & dm[None, :]
+                out_mask = row_ok[:, None] & ((d0 + offs_d)[None, :] < D)
                 part = tl.load(out_ptrs, mask=out_mask, other=0.0)
                 part = tl.dot(g, b, part, input_precision=INPUT_PRECISION)
                 tl.store(out_ptrs, part, mask=out_mask)
