@@ -10,15 +10,19 @@
 // The result equals the tensor-op path of simclr_fast/augment.py for the same random parameters,
 // up to fp32 rounding (tests/test_augment.py checks both against each other and against Kornia):
 //
-//   resized crop + flip  grid_sample(align_corners=False, padding_mode="border") with the
-//                        axis-aligned grid of the crop, bicubic (A = -0.75) or bilinear; done as
-//                        two 1-D passes (the grid is separable), then clipped to [0, 1]
+//   resized crop, flip,  grid_sample(align_corners=False) on the image's affine grid theta
+//   rotation, shear      (2 x 3, from Python), bicubic (A = -0.75), bilinear or nearest; bicubic
+//                        is clipped to [0, 1]. Border padding with an axis-aligned theta (the
+//                        SimCLR crops) runs as two 1-D passes; zeros padding (rotated views)
+//                        or nearest samples pixel by pixel
 //   colour jitter        the four ops in this image's order, clipped after each:
 //                        brightness x·f; contrast x·f + mean(gray)·(1 − f);
 //                        saturation x·f + gray·(1 − f); hue: HSV hue rotated by f turns
 //   grayscale            gray = 0.299 r + 0.587 g + 0.114 b in every channel (ITU-R 601)
 //   Gaussian blur        K taps, w_i ∝ exp(−(i − K/2)² / 2σ²), along W then H, reflect border
 //   solarize             x >= threshold → 1 − x
+//   noise                x + noise_std · n, n given (drawn in Python), clipped to [0, 1]
+//   erase                0 in a box (fractions of the image), pixel centres inside it
 //   normalize, cast      (x − mean_c) / std_c, written as fp32/bf16/fp16 with any output strides
 //
 // Threads: at::parallel_for over images; each image is independent, so results do not depend on
@@ -49,6 +53,15 @@ constexpr float kGrayR = 0.299f, kGrayG = 0.587f, kGrayB = 0.114f;
 
 inline float clip01(float v) { return std::min(std::max(v, 0.0f), 1.0f); }
 
+// grid_sample's bicubic weights of the taps at offsets -1, 0, 1, 2 from floor(pos), t = pos − floor.
+inline void cubic_weights(float t, float* w) {
+  const float t1 = t + 1.0f, t2 = 1.0f - t, t3 = 2.0f - t;
+  w[0] = ((kCubicA * t1 - 5.0f * kCubicA) * t1 + 8.0f * kCubicA) * t1 - 4.0f * kCubicA;
+  w[1] = ((kCubicA + 2.0f) * t - (kCubicA + 3.0f)) * t * t + 1.0f;
+  w[2] = ((kCubicA + 2.0f) * t2 - (kCubicA + 3.0f)) * t2 * t2 + 1.0f;
+  w[3] = ((kCubicA * t3 - 5.0f * kCubicA) * t3 + 8.0f * kCubicA) * t3 - 4.0f * kCubicA;
+}
+
 // Interpolation taps of one axis: output i reads the 4 consecutive inputs start[i] .. start[i] + 3
 // with weights w[4i .. 4i + 3]. Indices are not clamped: inputs beyond the edge repeat it
 // (padding_mode="border"), which the callers arrange. Bilinear uses the middle two taps.
@@ -77,11 +90,7 @@ void build_axis(Axis& a, int64_t out, int64_t in, float centre, float half, bool
     const float t = pos - base;
     float* w = a.w.data() + i * 4;
     if (bicubic) {
-      const float t1 = t + 1.0f, t2 = 1.0f - t, t3 = 2.0f - t;
-      w[0] = ((kCubicA * t1 - 5.0f * kCubicA) * t1 + 8.0f * kCubicA) * t1 - 4.0f * kCubicA;
-      w[1] = ((kCubicA + 2.0f) * t - (kCubicA + 3.0f)) * t * t + 1.0f;
-      w[2] = ((kCubicA + 2.0f) * t2 - (kCubicA + 3.0f)) * t2 * t2 + 1.0f;
-      w[3] = ((kCubicA * t3 - 5.0f * kCubicA) * t3 + 8.0f * kCubicA) * t3 - 4.0f * kCubicA;
+      cubic_weights(t, w);
     } else {
       w[0] = 0.0f;
       w[1] = 1.0f - t;
@@ -95,11 +104,14 @@ void build_axis(Axis& a, int64_t out, int64_t in, float centre, float half, bool
   }
 }
 
+enum Interp { kBilinear = 0, kBicubic = 1, kNearest = 2 };
+
 struct Config {
   int64_t channels, in_h, in_w, out_h, out_w;
-  bool bicubic, hue;
+  int64_t interp;
+  bool zeros_padding, hue;
   int64_t blur_kernel;
-  float solarize_threshold;
+  float solarize_threshold, noise_std;
   const float* mean;  // nullptr: no normalization
   const float* std;
 };
@@ -137,20 +149,16 @@ void horizontal_taps(const float* t, const int64_t* start, const float* w, int64
   }
 }
 
-// Resized crop + flip of one image: src (C, H, W) contiguous -> s.img (C, OH, OW). Two 1-D passes:
-// along H into s.tmp (the input columns the row taps need, edges repeated), then along W.
+// Axis-aligned resample of one image with border padding: src (C, H, W) contiguous -> s.img
+// (C, OH, OW), theta = [[sx, 0, cx], [0, sy, cy]]. Two 1-D passes: along H into s.tmp (the input
+// columns the row taps need, edges repeated), then along W.
 template <typename In>
-void resample(const In* src, const float* crop, bool flip, const Config& cfg, Scratch& s) {
-  const float in_w = static_cast<float>(cfg.in_w), in_h = static_cast<float>(cfg.in_h);
-  // the same fp32 expressions as simclr_fast/augment.py::_resample
-  const float cx = (2.0f * crop[0] + crop[2]) / in_w - 1.0f;
-  const float cy = (2.0f * crop[1] + crop[3]) / in_h - 1.0f;
-  float sx = crop[2] / in_w;
-  const float sy = crop[3] / in_h;
-  if (flip) sx = -sx;
+void resample_separable(const In* src, const float* theta, const Config& cfg, Scratch& s) {
+  const float sx = theta[0], cx = theta[2], sy = theta[4], cy = theta[5];
+  const bool bicubic = cfg.interp == kBicubic;
   const float scale = std::is_same_v<In, uint8_t> ? 1.0f / 255.0f : 1.0f;
-  build_axis(s.ax, cfg.out_w, cfg.in_w, cx, sx, cfg.bicubic, 1.0f);
-  build_axis(s.ay, cfg.out_h, cfg.in_h, cy, sy, cfg.bicubic, scale);
+  build_axis(s.ax, cfg.out_w, cfg.in_w, cx, sx, bicubic, 1.0f);
+  build_axis(s.ay, cfg.out_h, cfg.in_h, cy, sy, bicubic, scale);
   for (auto& v : s.ax.start) v -= s.ax.lo;  // relative to the first column held in s.tmp
   const int64_t lo = s.ax.lo, ncols = s.ax.hi - lo + 1;
   const int64_t c0 = std::max(lo, int64_t{0}), c1 = std::min(s.ax.hi, cfg.in_w - 1);  // in the image
@@ -180,7 +188,68 @@ void resample(const In* src, const float* crop, bool flip, const Config& cfg, Sc
       if (first) std::fill(t, t + inner, 0.0f);
       std::fill(row, t, t[0]);                                // columns left of the image
       std::fill(t + inner, row + ncols, t[inner - 1]);        // and right of it
-      horizontal_taps(row, s.ax.start.data(), s.ax.w.data(), ow, cfg.bicubic, out + y * ow);
+      horizontal_taps(row, s.ax.start.data(), s.ax.w.data(), ow, bicubic, out + y * ow);
+    }
+  }
+}
+
+// Any theta, either padding, any mode, output pixel by output pixel: grid_sample's own steps. Used
+// for rotated/sheared views (small images: the digits recipe) and nearest.
+template <typename In>
+void resample_general(const In* src, const float* theta, const Config& cfg, Scratch& s) {
+  const int64_t ih = cfg.in_h, iw = cfg.in_w, oh = cfg.out_h, ow = cfg.out_w, plane = oh * ow;
+  const float fw = static_cast<float>(iw), fh = static_cast<float>(ih);
+  const float scale = std::is_same_v<In, uint8_t> ? 1.0f / 255.0f : 1.0f;
+  const bool zeros = cfg.zeros_padding;
+  // tap value with the padding rule; zeros: 0 outside, border: the clamped index
+  auto tap = [&](const In* p, int64_t y, int64_t x) -> float {
+    if (zeros) {
+      if (y < 0 || y >= ih || x < 0 || x >= iw) return 0.0f;
+    } else {
+      y = std::min(std::max(y, int64_t{0}), ih - 1);
+      x = std::min(std::max(x, int64_t{0}), iw - 1);
+    }
+    return static_cast<float>(p[y * iw + x]);
+  };
+  for (int64_t y = 0; y < oh; ++y) {
+    const float v = (static_cast<float>(y) * 2.0f + 1.0f) / static_cast<float>(oh) - 1.0f;
+    for (int64_t x = 0; x < ow; ++x) {
+      const float u = (static_cast<float>(x) * 2.0f + 1.0f) / static_cast<float>(ow) - 1.0f;
+      float px = ((theta[0] * u + theta[1] * v + theta[2]) + 1.0f) * fw * 0.5f - 0.5f;
+      float py = ((theta[3] * u + theta[4] * v + theta[5]) + 1.0f) * fh * 0.5f - 0.5f;
+      if (cfg.interp != kBicubic && !zeros) {  // border clips the coordinate itself
+        px = std::min(std::max(px, 0.0f), fw - 1.0f);
+        py = std::min(std::max(py, 0.0f), fh - 1.0f);
+      }
+      for (int64_t c = 0; c < cfg.channels; ++c) {
+        const In* p = src + c * ih * iw;
+        float val;
+        if (cfg.interp == kNearest) {
+          val = tap(p, static_cast<int64_t>(std::nearbyint(py)), static_cast<int64_t>(std::nearbyint(px)));
+        } else {
+          const float bx = std::floor(px), by = std::floor(py);
+          const float tx = px - bx, ty = py - by;
+          const int64_t x0 = static_cast<int64_t>(bx), y0 = static_cast<int64_t>(by);
+          if (cfg.interp == kBilinear) {
+            val = tap(p, y0, x0) * (1.0f - tx) * (1.0f - ty) + tap(p, y0, x0 + 1) * tx * (1.0f - ty) +
+                  tap(p, y0 + 1, x0) * (1.0f - tx) * ty + tap(p, y0 + 1, x0 + 1) * tx * ty;
+          } else {
+            float wx[4], wy[4];
+            cubic_weights(tx, wx);
+            cubic_weights(ty, wy);
+            val = 0.0f;
+            for (int j = 0; j < 4; ++j) {
+              float row = 0.0f;
+              for (int i = 0; i < 4; ++i) row += wx[i] * tap(p, y0 - 1 + j, x0 - 1 + i);
+              val += wy[j] * row;
+            }
+            val = clip01(val * scale);
+            s.img[c * plane + y * ow + x] = val;
+            continue;
+          }
+        }
+        s.img[c * plane + y * ow + x] = val * scale;
+      }
     }
   }
 }
@@ -352,18 +421,37 @@ void store(const float* img, const Config& cfg, Out* dst, int64_t sc, int64_t sh
   }
 }
 
-enum Flag { kFlip = 0, kJitter, kGray, kBlur, kSolarize, kFlags };
+enum Flag { kJitter = 0, kGray, kBlur, kSolarize, kNoise, kErase, kFlags };
+
+// Zero the pixels whose centres ((i + 0.5) / size, fractions of the image) lie in the box.
+void erase(float* img, const float* box, const Config& cfg) {
+  const int64_t oh = cfg.out_h, ow = cfg.out_w;
+  const float x0 = box[0], y0 = box[1], x1 = box[0] + box[2], y1 = box[1] + box[3];
+  for (int64_t y = 0; y < oh; ++y) {
+    const float cy = (static_cast<float>(y) + 0.5f) / static_cast<float>(oh);
+    if (!(cy >= y0 && cy < y1)) continue;
+    for (int64_t x = 0; x < ow; ++x) {
+      const float cx = (static_cast<float>(x) + 0.5f) / static_cast<float>(ow);
+      if (cx >= x0 && cx < x1) {
+        for (int64_t c = 0; c < cfg.channels; ++c) img[(c * oh + y) * ow + x] = 0.0f;
+      }
+    }
+  }
+}
+
+struct Params {  // per-image parameters, one row per image
+  const float* theta;    // (B, 2, 3)
+  const bool* flags;     // (B, kFlags)
+  const float* factors;  // (B, 4)
+  const int64_t* order;  // (B, 4)
+  const float* sigma;    // (B,)
+  const float* noise;    // (B, C, OH, OW) or nullptr
+  const float* box;      // (B, 4)
+};
 
 template <typename In, typename Out>
-void run(const at::Tensor& images, const at::Tensor& crop, const at::Tensor& flags,
-         const at::Tensor& factors, const at::Tensor& order, const at::Tensor& sigma, const Config& cfg,
-         at::Tensor& out) {
+void run(const at::Tensor& images, const Params& prm, const Config& cfg, at::Tensor& out) {
   const In* src = images.const_data_ptr<In>();
-  const float* cp = crop.const_data_ptr<float>();
-  const bool* fp = flags.const_data_ptr<bool>();
-  const float* fac = factors.const_data_ptr<float>();
-  const int64_t* ord = order.const_data_ptr<int64_t>();
-  const float* sig = sigma.const_data_ptr<float>();
   Out* dst = out.data_ptr<Out>();
   const int64_t sb = out.stride(0), sc = out.stride(1), sh = out.stride(2), sw = out.stride(3);
   const int64_t in_image = cfg.channels * cfg.in_h * cfg.in_w;
@@ -372,13 +460,18 @@ void run(const at::Tensor& images, const at::Tensor& crop, const at::Tensor& fla
     Scratch s;
     s.img.resize(cfg.channels * n);
     for (int64_t b = begin; b < end; ++b) {
-      const bool* f = fp + b * kFlags;
-      resample(src + b * in_image, cp + b * 4, f[kFlip], cfg, s);
+      const bool* f = prm.flags + b * kFlags;
+      const float* theta = prm.theta + b * 6;
+      if (!cfg.zeros_padding && cfg.interp != kNearest && theta[1] == 0.0f && theta[3] == 0.0f) {
+        resample_separable(src + b * in_image, theta, cfg, s);
+      } else {
+        resample_general(src + b * in_image, theta, cfg, s);
+      }
       float* img = s.img.data();
       if (f[kJitter]) {
-        const float* fb = fac + b * 4;
+        const float* fb = prm.factors + b * 4;
         for (int step = 0; step < 4; ++step) {
-          const int64_t op = ord[b * 4 + step];
+          const int64_t op = prm.order[b * 4 + step];
           const float x = fb[op];
           if (op == 0) {
             blend_const(img, cfg.channels * n, x, 0.0f);
@@ -393,11 +486,17 @@ void run(const at::Tensor& images, const at::Tensor& crop, const at::Tensor& fla
         }
       }
       if (f[kGray] && cfg.channels == 3) to_gray(img, n);
-      if (f[kBlur] && cfg.blur_kernel > 1) blur(sig[b], cfg, s);
+      if (f[kBlur] && cfg.blur_kernel > 1) blur(prm.sigma[b], cfg, s);
       if (f[kSolarize]) {
         const float thr = cfg.solarize_threshold;
         for (int64_t i = 0; i < cfg.channels * n; ++i) img[i] = img[i] >= thr ? 1.0f - img[i] : img[i];
       }
+      if (f[kNoise] && prm.noise != nullptr) {
+        const float* z = prm.noise + b * cfg.channels * n;
+        const float sd = cfg.noise_std;
+        for (int64_t i = 0; i < cfg.channels * n; ++i) img[i] = clip01(img[i] + z[i] * sd);
+      }
+      if (f[kErase]) erase(img, prm.box + b * 4, cfg);
       store(img, cfg, dst + b * sb, sc, sh, sw);
     }
   });
@@ -417,15 +516,18 @@ void check_params(const at::Tensor& t, const char* name, int64_t batch, std::opt
   }
 }
 
-// images (B, C, H, W) uint8 (0-255) or fp32 (0-1), contiguous; crop (B, 4) fp32 x0, y0, w, h in
-// input pixels; flags (B, 5) bool: flip, jitter, grayscale, blur, solarize; factors (B, 4) fp32;
-// order (B, 4) int64; sigma (B,) fp32; mean/std (C,) fp32 or None; out (B, C, OH, OW) fp32, bf16
-// or fp16, any strides, written in place.
-void augment_view_cpu(const at::Tensor& images, const at::Tensor& crop, const at::Tensor& flags,
+// images (B, C, H, W) uint8 (0-255) or fp32 (0-1), contiguous; theta (B, 2, 3) fp32, the affine
+// map from output to input in normalized coordinates (affine_grid's); flags (B, 6) bool: jitter,
+// grayscale, blur, solarize, noise, erase; factors (B, 4) fp32; order (B, 4) int64; sigma (B,)
+// fp32; noise (B, C, OH, OW) fp32 or None; erase_box (B, 4) fp32 x0, y0, w, h in fractions of the
+// output; mean/std (C,) fp32 or None; out (B, C, OH, OW) fp32, bf16 or fp16, any strides, written
+// in place. interpolation: 0 bilinear, 1 bicubic, 2 nearest.
+void augment_view_cpu(const at::Tensor& images, const at::Tensor& theta, const at::Tensor& flags,
                       const at::Tensor& factors, const at::Tensor& order, const at::Tensor& sigma,
+                      const std::optional<at::Tensor>& noise, const at::Tensor& erase_box,
                       const std::optional<at::Tensor>& mean, const std::optional<at::Tensor>& std,
-                      at::Tensor out, bool bicubic, int64_t blur_kernel, bool hue,
-                      double solarize_threshold) {
+                      at::Tensor out, int64_t interpolation, bool zeros_padding, int64_t blur_kernel,
+                      bool hue, double solarize_threshold, double noise_std) {
   TORCH_CHECK(images.device().is_cpu() && images.dim() == 4 && images.is_contiguous(),
               "augment_view_cpu: images must be a contiguous (B, C, H, W) CPU tensor; got shape ",
               images.sizes(), " on ", images.device());
@@ -434,15 +536,28 @@ void augment_view_cpu(const at::Tensor& images, const at::Tensor& crop, const at
   const int64_t batch = images.size(0), channels = images.size(1);
   TORCH_CHECK(batch > 0 && images.size(2) > 0 && images.size(3) > 0, "augment_view_cpu: images is empty: ",
               images.sizes());
-  check_params(crop, "crop", batch, 4, at::kFloat);
+  TORCH_CHECK(theta.dim() == 3 && theta.size(0) == batch && theta.size(1) == 2 && theta.size(2) == 3,
+              "augment_view_cpu: theta must have shape (", batch, ", 2, 3); got ", theta.sizes());
+  TORCH_CHECK(theta.device().is_cpu() && theta.scalar_type() == at::kFloat && theta.is_contiguous(),
+              "augment_view_cpu: theta must be a contiguous CPU float32 tensor");
   check_params(flags, "flags", batch, kFlags, at::kBool);
   check_params(factors, "factors", batch, 4, at::kFloat);
   check_params(order, "order", batch, 4, at::kLong);
   check_params(sigma, "sigma", batch, std::nullopt, at::kFloat);
+  check_params(erase_box, "erase_box", batch, 4, at::kFloat);
   TORCH_CHECK(out.device().is_cpu() && out.dim() == 4 && out.size(0) == batch && out.size(1) == channels &&
                   out.size(2) > 0 && out.size(3) > 0,
               "augment_view_cpu: out must be a (", batch, ", ", channels, ", OH, OW) CPU tensor; got ",
               out.sizes());
+  if (noise) {
+    TORCH_CHECK(noise->device().is_cpu() && noise->scalar_type() == at::kFloat && noise->is_contiguous() &&
+                    noise->sizes() == out.sizes(),
+                "augment_view_cpu: noise must be a contiguous float32 CPU tensor shaped like out ",
+                out.sizes(), "; got ", noise->sizes());
+  }
+  TORCH_CHECK(interpolation >= 0 && interpolation <= 2,
+              "augment_view_cpu: interpolation must be 0 (bilinear), 1 (bicubic) or 2 (nearest); got ",
+              interpolation);
   TORCH_CHECK(blur_kernel >= 1 && blur_kernel % 2 == 1, "augment_view_cpu: blur_kernel must be odd and >= 1; got ",
               blur_kernel);
   TORCH_CHECK(mean.has_value() == std.has_value(), "augment_view_cpu: give both mean and std, or neither");
@@ -463,25 +578,31 @@ void augment_view_cpu(const at::Tensor& images, const at::Tensor& crop, const at
                    images.size(3),
                    out.size(2),
                    out.size(3),
-                   bicubic,
+                   interpolation,
+                   zeros_padding,
                    hue,
                    blur_kernel,
                    static_cast<float>(solarize_threshold),
+                   static_cast<float>(noise_std),
                    mean ? mean_c.const_data_ptr<float>() : nullptr,
                    mean ? std_c.const_data_ptr<float>() : nullptr};
+  const Params prm{theta.const_data_ptr<float>(),
+                   flags.const_data_ptr<bool>(),
+                   factors.const_data_ptr<float>(),
+                   order.const_data_ptr<int64_t>(),
+                   sigma.const_data_ptr<float>(),
+                   noise ? noise->const_data_ptr<float>() : nullptr,
+                   erase_box.const_data_ptr<float>()};
   const bool u8 = images.scalar_type() == at::kByte;
   switch (out.scalar_type()) {
     case at::kFloat:
-      u8 ? run<uint8_t, float>(images, crop, flags, factors, order, sigma, cfg, out)
-         : run<float, float>(images, crop, flags, factors, order, sigma, cfg, out);
+      u8 ? run<uint8_t, float>(images, prm, cfg, out) : run<float, float>(images, prm, cfg, out);
       break;
     case at::kBFloat16:
-      u8 ? run<uint8_t, c10::BFloat16>(images, crop, flags, factors, order, sigma, cfg, out)
-         : run<float, c10::BFloat16>(images, crop, flags, factors, order, sigma, cfg, out);
+      u8 ? run<uint8_t, c10::BFloat16>(images, prm, cfg, out) : run<float, c10::BFloat16>(images, prm, cfg, out);
       break;
     case at::kHalf:
-      u8 ? run<uint8_t, c10::Half>(images, crop, flags, factors, order, sigma, cfg, out)
-         : run<float, c10::Half>(images, crop, flags, factors, order, sigma, cfg, out);
+      u8 ? run<uint8_t, c10::Half>(images, prm, cfg, out) : run<float, c10::Half>(images, prm, cfg, out);
       break;
     default:
       TORCH_CHECK(false, "augment_view_cpu: out must be float32, bfloat16 or float16; got ", out.scalar_type());
@@ -492,9 +613,10 @@ void augment_view_cpu(const at::Tensor& images, const at::Tensor& crop, const at
 
 TORCH_LIBRARY_FRAGMENT(simclr_fast, m) {
   m.def(
-      "augment_view_cpu(Tensor images, Tensor crop, Tensor flags, Tensor factors, Tensor order, "
-      "Tensor sigma, Tensor? mean, Tensor? std, Tensor(a!) out, bool bicubic, int blur_kernel, bool hue, "
-      "float solarize_threshold) -> ()");
+      "augment_view_cpu(Tensor images, Tensor theta, Tensor flags, Tensor factors, Tensor order, "
+      "Tensor sigma, Tensor? noise, Tensor erase_box, Tensor? mean, Tensor? std, Tensor(a!) out, "
+      "int interpolation, bool zeros_padding, int blur_kernel, bool hue, float solarize_threshold, "
+      "float noise_std) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(simclr_fast, CPU, m) { m.impl("augment_view_cpu", &augment_view_cpu); }

@@ -93,18 +93,22 @@ def _register_fakes() -> None:
     @torch.library.register_fake("simclr_fast::augment_view_cpu")
     def _augment_fake(
         images: torch.Tensor,
-        crop: torch.Tensor,
+        theta: torch.Tensor,
         flags: torch.Tensor,
         factors: torch.Tensor,
         order: torch.Tensor,
         sigma: torch.Tensor,
+        noise: torch.Tensor | None,
+        erase_box: torch.Tensor,
         mean: torch.Tensor | None,
         std: torch.Tensor | None,
         out: torch.Tensor,
-        bicubic: bool,
+        interpolation: int,
+        zeros_padding: bool,
         blur_kernel: int,
         hue: bool,
         solarize_threshold: float,
+        noise_std: float,
     ) -> None:
         torch._check(images.dim() == 4, lambda: "images must be 4-D (B, C, H, W)")
         return None

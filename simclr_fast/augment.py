@@ -51,11 +51,11 @@ Two paths compute the same views from the same random parameters (``backend``):
   while the image sits in cache, reading uint8 directly. The tensor-op path makes ~20 fp32 passes
   over the batch and measured 18-23 CPU-ms per image at 224 px on the 2-core dev box
   (2026-11-22), slower than the per-image PIL pipeline (12 CPU-ms); the kernel does the same in
-  3.2-3.7 CPU-ms (``simclr-fast bench augment``, README "Augmentation"). It covers the axis-aligned ops of the SimCLR/BYOL recipes (not rotation, shear, noise or
-  erasing, which ``digits`` uses: those views take the tensor ops).
+  3.2-3.7 CPU-ms (``simclr-fast bench augment``, README "Augmentation"). It runs every op of
+  every recipe.
 
-``"auto"`` (the default) takes the kernel for every view it covers when the images are on the
-CPU and the extension is built. Tests hold both paths to each other and to Kornia's ops.
+``"auto"`` (the default) takes the kernel when the images are on the CPU and the extension is
+built. Tests hold both paths to each other and to Kornia's ops.
 """
 
 from __future__ import annotations
@@ -519,55 +519,75 @@ def _erase(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(inside, 0.0)
 
 
-def _resample(
-    x: torch.Tensor, p: Mapping[str, torch.Tensor], vp: ViewParams, size: tuple[int, int]
-) -> torch.Tensor:
-    """Resized crop + flip (+ rotation, shear) in one ``grid_sample`` call, to the output size.
+def _theta(p: Mapping[str, torch.Tensor], vp: ViewParams, in_h: int, in_w: int) -> torch.Tensor:
+    """The affine maps ``(B, 2, 3)`` from output to input coordinates (normalized, [-1, 1]).
 
-    Output pixel (u, v) in normalized coordinates [-1, 1] maps to the input at
-    ``crop_centre + crop_half_size * S · R · F · (u, v)`` with F the flip, R the rotation, S the
-    shear. Without rotation or shear the grid is built from two broadcast vectors instead of
-    ``affine_grid``, which measured ≈300 ms for 128 × 224² on the dev box (2026-11-22) for what is
-    an outer sum.
-
-    Padding: an axis-aligned crop lies inside the image, and only the outer interpolation taps of
-    its edge pixels fall outside; they repeat the edge (``"border"``, as PIL and torchvision's
-    resize do) instead of reading black, which darkened the edge rows of up-scaled crops by up to
-    40 % with bicubic taps. With rotation or shear, corners of the output do leave the image and
-    are filled with black (``"zeros"``, Kornia's ``RandomAffine`` default).
+    Output pixel (u, v) maps to the input at ``crop_centre + crop_half_size * S · R · F · (u, v)``
+    with F the flip, R the rotation, S the shear (``affine_grid``'s theta). Without rotation or
+    shear the off-diagonal entries are exactly 0. Shared by both paths, so they sample the same
+    points.
     """
-    batch, _, in_h, in_w = x.shape
-    out_h, out_w = size
-    crop = p["crop"].to(x.dtype)
+    crop = p["crop"].to(torch.float32)
     cx = (2 * crop[:, 0] + crop[:, 2]) / in_w - 1  # crop centre, normalized
     cy = (2 * crop[:, 1] + crop[:, 3]) / in_h - 1
     sx = crop[:, 2] / in_w  # half extent, normalized
     sy = crop[:, 3] / in_h
     sx = torch.where(p["flip"], -sx, sx)
-    dtype, device = x.dtype, x.device
-    u = (torch.arange(out_w, device=device, dtype=dtype) * 2 + 1) / out_w - 1
-    v = (torch.arange(out_h, device=device, dtype=dtype) * 2 + 1) / out_h - 1
     if vp.rotation == 0 and vp.shear == 0:
-        gx = (sx.view(-1, 1, 1) * u.view(1, 1, -1) + cx.view(-1, 1, 1)).expand(batch, out_h, out_w)
-        gy = (sy.view(-1, 1, 1) * v.view(1, -1, 1) + cy.view(-1, 1, 1)).expand(batch, out_h, out_w)
-        grid = torch.stack([gx, gy], dim=-1)
+        zero = torch.zeros_like(sx)
+        rows = [torch.stack([sx, zero, cx], dim=1), torch.stack([zero, sy, cy], dim=1)]
     else:
-        angle = torch.deg2rad(p["angle"].to(dtype))
-        shear = torch.tan(torch.deg2rad(p["shear"].to(dtype)))
+        angle = torch.deg2rad(p["angle"].to(torch.float32))
+        shear = torch.tan(torch.deg2rad(p["shear"].to(torch.float32)))
         cos, sin = torch.cos(angle), torch.sin(angle)
         # rotation then shear along x, in output space: [[1, k], [0, 1]] @ [[cos, -sin], [sin, cos]]
         a11, a12 = cos + shear * sin, -sin + shear * cos
         a21, a22 = sin, cos
-        theta = torch.stack(
-            [
-                torch.stack([sx * a11, sx * a12, cx], dim=1),
-                torch.stack([sy * a21, sy * a22, cy], dim=1),
-            ],
-            dim=1,
-        )
+        rows = [
+            torch.stack([sx * a11, sx * a12, cx], dim=1),
+            torch.stack([sy * a21, sy * a22, cy], dim=1),
+        ]
+    return torch.stack(rows, dim=1)
+
+
+def _padding(vp: ViewParams) -> str:
+    """``grid_sample``'s padding for a view.
+
+    An axis-aligned crop lies inside the image, and only the outer interpolation taps of its edge
+    pixels fall outside; they repeat the edge (``"border"``, as PIL and torchvision's resize do)
+    instead of reading black, which darkened the edge rows of up-scaled crops by up to 40 % with
+    bicubic taps. With rotation or shear, corners of the output do leave the image and are filled
+    with black (``"zeros"``, Kornia's ``RandomAffine`` default).
+    """
+    return "border" if vp.rotation == 0 and vp.shear == 0 else "zeros"
+
+
+def _resample(
+    x: torch.Tensor, p: Mapping[str, torch.Tensor], vp: ViewParams, size: tuple[int, int]
+) -> torch.Tensor:
+    """Resized crop + flip (+ rotation, shear) in one ``grid_sample`` call, to the output size.
+
+    Without rotation or shear the grid is built from two broadcast vectors instead of
+    ``affine_grid``, which measured ≈300 ms for 128 × 224² on the dev box (2026-11-22) for what is
+    an outer sum.
+    """
+    batch, _, in_h, in_w = x.shape
+    out_h, out_w = size
+    theta = _theta(p, vp, in_h, in_w).to(x.dtype)
+    if vp.rotation == 0 and vp.shear == 0:
+        dtype, device = x.dtype, x.device
+        u = (torch.arange(out_w, device=device, dtype=dtype) * 2 + 1) / out_w - 1
+        v = (torch.arange(out_h, device=device, dtype=dtype) * 2 + 1) / out_h - 1
+        sx, cx = theta[:, 0, 0].view(-1, 1, 1), theta[:, 0, 2].view(-1, 1, 1)
+        sy, cy = theta[:, 1, 1].view(-1, 1, 1), theta[:, 1, 2].view(-1, 1, 1)
+        gx = (sx * u.view(1, 1, -1) + cx).expand(batch, out_h, out_w)
+        gy = (sy * v.view(1, -1, 1) + cy).expand(batch, out_h, out_w)
+        grid = torch.stack([gx, gy], dim=-1)
+    else:
         grid = F.affine_grid(theta, [batch, 1, out_h, out_w], align_corners=False)
-    padding = "border" if vp.rotation == 0 and vp.shear == 0 else "zeros"
-    out = F.grid_sample(x, grid, mode=vp.interpolation, padding_mode=padding, align_corners=False)
+    out = F.grid_sample(
+        x, grid, mode=vp.interpolation, padding_mode=_padding(vp), align_corners=False
+    )
     if vp.interpolation == "bicubic":
         out = out.clamp_(0.0, 1.0)  # bicubic overshoots
     return out
@@ -603,6 +623,7 @@ def _augment_view(
 # --------------------------------------------------------------------------------------------
 
 _BACKENDS = ("auto", "torch", "cpu")
+_INTERPOLATIONS_CPU = {"bilinear": 0, "bicubic": 1, "nearest": 2}  # csrc/augment.cpp's Interp
 
 
 def cpu_kernel_unavailable() -> str | None:
@@ -613,24 +634,6 @@ def cpu_kernel_unavailable() -> str | None:
         return _extension.REASON
     if not hasattr(torch.ops.simclr_fast, "augment_view_cpu"):
         return f"simclr_fast._C predates the augmentation kernel; {_extension.BUILD_HINT}"
-    return None
-
-
-def _not_fusable(vp: ViewParams) -> str | None:
-    """The first parameter of ``vp`` the fused CPU kernel does not implement, or ``None``.
-
-    The kernel covers the SimCLR/BYOL recipes: axis-aligned resized crop (bicubic or bilinear),
-    flip, jitter, grayscale, blur and solarize. Rotation, shear, noise and erasing (the ``digits``
-    recipe, 16 px images where the tensor ops are fast enough) run on the tensor-op path.
-    """
-    if vp.rotation != 0 or vp.shear != 0:
-        return f"rotation={vp.rotation}, shear={vp.shear} (the kernel only crops axis-aligned)"
-    if vp.interpolation == "nearest":
-        return "interpolation='nearest' (the kernel does bicubic and bilinear)"
-    if vp.noise_p > 0 and vp.noise_std > 0:
-        return f"noise_p={vp.noise_p} (the kernel adds no noise)"
-    if vp.erase_p > 0:
-        return f"erase_p={vp.erase_p} (the kernel does not erase)"
     return None
 
 
@@ -649,13 +652,15 @@ def _fused_view(
     skip (strengths 0, kernel size 1) are cleared here, so both paths run the same ops.
     """
     jitter_on = vp.jitter_p > 0 and bool(vp.brightness or vp.contrast or vp.saturation or vp.hue)
+    noise_on = vp.noise_p > 0 and vp.noise_std > 0
     flags = torch.stack(
         [
-            p["flip"],
             p["jitter"] & jitter_on,
             p["grayscale"] & (vp.grayscale_p > 0),
             p["blur"] & (vp.blur_p > 0),
             p["solarize"] & (vp.solarize_p > 0),
+            p["noise"] & noise_on,
+            p["erase"] & (vp.erase_p > 0),
         ],
         dim=1,
     )
@@ -663,20 +668,25 @@ def _fused_view(
     if mean is not None:
         mean = mean.to(images.device).flatten().expand(channels).contiguous()
         std = std.to(images.device).flatten().expand(channels).contiguous()
+    noise = p["noise_values"].to(torch.float32).contiguous() if noise_on else None
     torch.ops.simclr_fast.augment_view_cpu(
         images,
-        p["crop"].to(torch.float32).contiguous(),
+        _theta(p, vp, images.shape[2], images.shape[3]).contiguous(),
         flags.contiguous(),
         p["factors"].to(torch.float32).contiguous(),
         p["order"].to(torch.int64).contiguous(),
         p["sigma"].to(torch.float32).contiguous(),
+        noise,
+        p["erase_box"].to(torch.float32).contiguous(),
         mean,
         std,
         out,
-        vp.interpolation == "bicubic",
+        _INTERPOLATIONS_CPU[vp.interpolation],
+        _padding(vp) == "zeros",
         _blur_kernel_size(vp, out.shape[2]),
         vp.hue > 0,
         float(vp.solarize_threshold),
+        float(vp.noise_std),
     )
     return out
 
@@ -729,11 +739,10 @@ class SimCLRAugment(nn.Module):
             every image of the batch (default False: independent parameters per image).
         keepdim: Kornia's flag: with ``True`` an unbatched input ``(C, H, W)`` gives unbatched
             views ``(C, H, W)``; with ``False`` (default) views always have a batch dimension.
-        backend: ``"auto"`` (default): on CPU, views whose ops the fused C++ kernel covers
-            (csrc/augment.cpp: the SimCLR and BYOL recipes) run there, the rest on tensor ops;
-            ``"torch"``: always the tensor ops (Kornia's functional ops and ours), on any device;
-            ``"cpu"``: always the fused kernel, raising when it is not built or cannot run a
-            view. Both paths give the same views for the same random parameters (up to fp32
+        backend: ``"auto"`` (default): the fused C++ kernel (csrc/augment.cpp) for CPU
+            tensors when the extension is built, the tensor ops otherwise; ``"torch"``: always
+            the tensor ops (Kornia's functional ops and ours), on any device; ``"cpu"``: always
+            the fused kernel, raising when it is not built or the images are not on the CPU. Both paths give the same views for the same random parameters (up to fp32
             rounding); on CPU at 224 px the kernel is ~6x faster (see the module docstring).
         **overrides: :class:`ViewParams` fields overriding both views, e.g. ``blur_p=0.0``,
             ``crop_scale=(0.2, 1.0)``. Applied before ``view0`` / ``view1``.
@@ -862,13 +871,6 @@ class SimCLRAugment(nn.Module):
             reason = cpu_kernel_unavailable()
             if reason is not None:
                 raise RuntimeError(f"backend='cpu' needs the compiled kernel: {reason}")
-            for i, vp in enumerate(self.view_params):
-                why = _not_fusable(vp)
-                if why is not None:
-                    raise ValueError(
-                        f"backend='cpu' cannot run view {i} of {recipe!r}: {why}; "
-                        "use backend='auto' or 'torch'"
-                    )
         self.last_params: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
     def extra_repr(self) -> str:
@@ -949,8 +951,8 @@ class SimCLRAugment(nn.Module):
             )
         return images
 
-    def _uses_kernel(self, vp: ViewParams, device: torch.device) -> bool:
-        """Whether view ``vp`` runs on the fused CPU kernel (see ``backend``)."""
+    def _uses_kernel(self, device: torch.device) -> bool:
+        """Whether images on ``device`` go through the fused CPU kernel (see ``backend``)."""
         if self.backend == "torch":
             return False
         if self.backend == "cpu":
@@ -960,9 +962,7 @@ class SimCLRAugment(nn.Module):
                     "backend='auto' or 'torch' for other devices."
                 )
             return True
-        return (
-            device.type == "cpu" and _not_fusable(vp) is None and cpu_kernel_unavailable() is None
-        )
+        return device.type == "cpu" and cpu_kernel_unavailable() is None
 
     def _chunk_size(self, x: torch.Tensor) -> int:
         """Images per block on CPU; the whole batch elsewhere.
@@ -1015,17 +1015,17 @@ class SimCLRAugment(nn.Module):
         unbatched = images.dim() == 3
         gen = self._generator_for(raw.device, generator)
         batch, channels, in_h, in_w = raw.shape
-        kernel = [self._uses_kernel(vp, raw.device) for vp in self.view_params]
-        if any(kernel):  # the kernel reads uint8 or float32 itself
-            k_in = raw if raw.dtype in (torch.uint8, torch.float32) else raw.float()
-            k_in = k_in.contiguous()
-        if not all(kernel):
+        use_kernel = self._uses_kernel(raw.device)
+        if use_kernel:  # the kernel reads uint8 or float32 itself
+            x = raw if raw.dtype in (torch.uint8, torch.float32) else raw.float()
+            x = x.contiguous()
+        else:
             x = raw.to(torch.float32)
             x = x.div_(255.0) if raw.dtype == torch.uint8 else x
             x = x.contiguous()
             chunk = self._chunk_size(x)
         views, params = [], []
-        for vp, use_kernel in zip(self.view_params, kernel, strict=True):
+        for vp in self.view_params:
             p = _sample_view(
                 vp,
                 1 if self.same_on_batch else batch,
@@ -1044,7 +1044,7 @@ class SimCLRAugment(nn.Module):
                     device=raw.device,
                     memory_format=self.memory_format,
                 )
-                views.append(_fused_view(k_in, p, vp, out, self.mean, self.std))
+                views.append(_fused_view(x, p, vp, out, self.mean, self.std))
             elif chunk >= batch:
                 views.append(self._finish(_augment_view(x, p, vp, self.size)))
             else:

@@ -253,6 +253,45 @@ def test_digits_recipe_has_no_flip_or_colour():
     assert v0.shape == (500, 1, 16, 16)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_erase_noise_and_rotation_do_what_they_say(backend):
+    x = _images(32, 1, 16, seed=12)
+    kw = {"size": 16, "seed": 5, "backend": backend, "crop_scale": (1.0, 1.0)}
+    kw.update(crop_ratio=(1.0, 1.0), rotation=0.0, shear=0.0, jitter_p=0.0)
+    plain = SimCLRAugment("digits", erase_p=0.0, noise_p=0.0, **kw)(x)[0]
+    torch.testing.assert_close(plain, x.float() / 255, atol=1e-5, rtol=0)  # identity crop
+    # erasing: exactly 0 on the pixels whose centres lie in the drawn box, untouched elsewhere
+    (erased, _), (p, _) = SimCLRAugment("digits", erase_p=1.0, noise_p=0.0, **kw)(
+        x, return_params=True
+    )
+    centres = (torch.arange(16) + 0.5) / 16
+    x0, y0, w, h = p["erase_box"].unbind(1)
+    in_x = (centres >= x0[:, None]) & (centres < (x0 + w)[:, None])
+    in_y = (centres >= y0[:, None]) & (centres < (y0 + h)[:, None])
+    inside = (in_y[:, :, None] & in_x[:, None, :]).unsqueeze(1)
+    assert inside.any(dim=(1, 2, 3)).all()
+    assert (erased[inside] == 0).all() and torch.equal(erased[~inside], plain[~inside])
+    # noise: clip(view + std * n) with the drawn n, on the images drawn for it
+    std = 0.1
+    (noisy, _), (p, _) = SimCLRAugment("digits", erase_p=0.0, noise_p=0.5, noise_std=std, **kw)(
+        x, return_params=True
+    )
+    on = p["noise"].view(-1, 1, 1, 1)
+    expected = torch.where(on, (plain + std * p["noise_values"]).clamp(0, 1), plain)
+    torch.testing.assert_close(noisy, expected, atol=1e-5, rtol=0)
+    assert 0 < p["noise"].sum() < 32
+    # rotation about the centre, black outside the image: a flat image keeps its centre value
+    # and loses its corners when the angle is large
+    flat = torch.full((64, 1, 16, 16), 200, dtype=torch.uint8)
+    kw.update(rotation=45.0)
+    (rot, _), (p, _) = SimCLRAugment("digits", erase_p=0.0, noise_p=0.0, **kw)(
+        flat, return_params=True
+    )
+    torch.testing.assert_close(rot[:, :, 7:9, 7:9], torch.full_like(rot[:, :, 7:9, 7:9], 200 / 255))
+    steep = p["angle"].abs() > 20
+    assert steep.sum() > 10 and (rot[steep, 0, 0, 0] < 0.5 * 200 / 255).all()
+
+
 # --------------------------------------------------------------- op semantics against Kornia
 
 

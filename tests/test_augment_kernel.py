@@ -1,7 +1,7 @@
 """The fused CPU kernel of SimCLRAugment (csrc/augment.cpp, ``backend="cpu"``) against the
-tensor-op path (``backend="torch"``): same random parameters, same views up to fp32 rounding; plus
-backend selection, unbatched input (``keepdim``), the border padding of the resized crop, and the
-op's own checks."""
+tensor-op path (``backend="torch"``): same random parameters, same views up to fp32 rounding, for
+every op of every recipe; plus backend selection, unbatched input (``keepdim``), the border padding
+of the resized crop, and the op's own checks."""
 
 from __future__ import annotations
 
@@ -43,6 +43,39 @@ def test_kernel_matches_tensor_ops(recipe, interpolation, in_shape, size):
     ref, out = _both(recipe, x, size=size, interpolation=interpolation, blur_kernel=3)
     for a, b in zip(ref, out, strict=True):
         assert b.shape == a.shape and b.dtype == torch.float32
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=0)
+
+
+@needs_kernel
+@needs_kernel
+@pytest.mark.parametrize("channels", [1, 3])
+def test_kernel_matches_tensor_ops_digits(channels):
+    """Rotation and shear (zeros padding, sampled pixel by pixel), noise and erasing."""
+    x = _images(64, channels, 8, seed=channels)
+    kw = {"erase_p": 0.5, "noise_p": 0.5}  # more of both than the recipe, to see them
+    ref, out = _both("digits", x, **kw)
+    for a, b in zip(ref, out, strict=True):
+        assert b.shape == a.shape == (64, channels, 16, 16)
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=0)
+    _, (p, _) = SimCLRAugment("digits", seed=9, **kw)(x, return_params=True)
+    assert p["noise"].any() and p["erase"].any() and (p["angle"] != 0).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"interpolation": "nearest"},
+        {"interpolation": "bicubic", "rotation": 25.0},
+        {"interpolation": "bilinear", "shear": 20.0, "flip_p": 1.0},
+        {"interpolation": "nearest", "crop_scale": (0.02, 0.1)},
+    ],
+    ids=["nearest", "bicubic-rotation", "bilinear-shear-flip", "nearest-upscale"],
+)
+def test_kernel_matches_tensor_ops_other_samplings(kw):
+    x = _images(12, 3, 20, 28, seed=7)
+    ref, out = _both("simclr-cifar", x, size=(18, 14), **kw)
+    for a, b in zip(ref, out, strict=True):
         torch.testing.assert_close(b, a, atol=2e-5, rtol=0)
 
 
@@ -110,7 +143,7 @@ def test_flat_image_stays_flat_under_any_crop(backend, interpolation):
     torch.testing.assert_close(v1, torch.full_like(v1, 200 / 255), atol=1e-5, rtol=0)
 
 
-def test_auto_backend_picks_the_kernel_per_view(monkeypatch):
+def test_auto_backend_takes_the_kernel_on_cpu(monkeypatch):
     calls = []
     real = augment_mod._fused_view
 
@@ -120,33 +153,11 @@ def test_auto_backend_picks_the_kernel_per_view(monkeypatch):
 
     monkeypatch.setattr(augment_mod, "_fused_view", counting)
     SimCLRAugment("simclr-cifar", seed=0)(_images(2, 3, 16))
-    assert len(calls) == (0 if NO_KERNEL else 2)
+    SimCLRAugment("digits", seed=0)(_images(2, 1, 8))
+    assert len(calls) == (0 if NO_KERNEL else 4)
     calls.clear()
-    SimCLRAugment("digits", seed=0)(_images(2, 1, 8))  # rotation, noise, erasing: tensor ops
     SimCLRAugment("simclr-cifar", seed=0, backend="torch")(_images(2, 3, 16))
     assert calls == []
-    calls.clear()
-    # one view the kernel covers, one it does not (noise on view 1 only)
-    SimCLRAugment("simclr-cifar", seed=0, view1={"noise_p": 0.5, "noise_std": 0.1})(
-        _images(2, 3, 16)
-    )
-    assert len(calls) == (0 if NO_KERNEL else 1)
-
-
-@needs_kernel
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        ({"recipe": "digits"}, "rotation"),
-        ({"recipe": "simclr-cifar", "interpolation": "nearest"}, "nearest"),
-        ({"recipe": "simclr-cifar", "view1": {"erase_p": 0.5}}, "view 1.*erase_p"),
-        ({"recipe": "simclr-cifar", "noise_p": 0.5, "noise_std": 0.1}, "noise_p"),
-    ],
-)
-def test_backend_cpu_rejects_views_it_cannot_run(kwargs, match):
-    kwargs = dict(kwargs)
-    with pytest.raises(ValueError, match=match):
-        SimCLRAugment(kwargs.pop("recipe"), backend="cpu", **kwargs)
 
 
 def test_backend_argument_checked():
@@ -191,13 +202,18 @@ def test_blur_kernel_larger_than_image_rejected():
 def _op_args(batch=2, channels=3, size=12, out_dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, channels, size, size), dtype=torch.uint8, generator=g)
-    crop = torch.tensor([[1.0, 2.0, 8.0, 7.5]] * batch)
-    flags = torch.ones(batch, 5, dtype=torch.bool)
+    theta = torch.tensor([[[0.6, 0.1, -0.2], [-0.1, 0.5, 0.3]]] * batch)
+    flags = torch.ones(batch, 6, dtype=torch.bool)
     factors = torch.tensor([[1.2, 0.7, 1.4, 0.1]] * batch)
     order = torch.tensor([[3, 1, 0, 2]] * batch)
     sigma = torch.full((batch,), 0.8)
     out = torch.empty(batch, channels, 10, 10, dtype=out_dtype)
-    return [images, crop, flags, factors, order, sigma, None, None, out, True, 3, True, 0.5]
+    noise = torch.randn(out.shape, generator=g)
+    box = torch.tensor([[0.2, 0.3, 0.4, 0.25]] * batch)
+    # images, theta, flags, factors, order, sigma, noise, erase_box, mean, std, out,
+    # interpolation, zeros_padding, blur_kernel, hue, solarize_threshold, noise_std
+    tensors = [images, theta, flags, factors, order, sigma, noise, box, None, None, out]
+    return [*tensors, 1, True, 3, True, 0.5, 0.05]
 
 
 @needs_kernel
@@ -205,7 +221,8 @@ def test_op_passes_opcheck():
     op = torch.ops.simclr_fast.augment_view_cpu.default
     torch.library.opcheck(op, _op_args())
     args = _op_args(out_dtype=torch.bfloat16)
-    args[6], args[7] = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.2, 0.2, 0.2])
+    args[8], args[9] = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.2, 0.2, 0.2])
+    args[6], args[12] = None, False
     torch.library.opcheck(op, args)
 
 
@@ -214,12 +231,15 @@ def test_op_passes_opcheck():
     "index,value,match",
     [
         (0, torch.zeros(2, 3, 12, 12, dtype=torch.int32), "uint8 or float32"),
-        (1, torch.zeros(2, 3), r"crop must have shape \(2, 4\)"),
-        (2, torch.ones(2, 5, dtype=torch.uint8), "flags must be a contiguous CPU tensor"),
+        (1, torch.zeros(2, 6), r"theta must have shape \(2, 2, 3\)"),
+        (2, torch.ones(2, 6, dtype=torch.uint8), "flags must be a contiguous CPU tensor"),
         (4, torch.tensor([[0, 1, 2, 4]] * 2), r"order entries must be in \[0, 3\]"),
-        (8, torch.empty(2, 3, 10, 10, dtype=torch.float64), "float32, bfloat16 or float16"),
-        (8, torch.empty(2, 1, 10, 10), r"out must be a \(2, 3, OH, OW\)"),
-        (10, 4, "blur_kernel must be odd"),
+        (6, torch.zeros(2, 3, 5, 5), "noise must be .* shaped like out"),
+        (7, torch.zeros(2, 3), r"erase_box must have shape \(2, 4\)"),
+        (10, torch.empty(2, 3, 10, 10, dtype=torch.float64), "float32, bfloat16 or float16"),
+        (10, torch.empty(2, 1, 10, 10), r"out must be a \(2, 3, OH, OW\)"),
+        (11, 3, "interpolation must be 0"),
+        (13, 4, "blur_kernel must be odd"),
     ],
 )
 def test_op_checks_its_arguments(index, value, match):
