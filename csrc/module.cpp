@@ -1,4 +1,4 @@
-// The Python module simclr_fast._C. Loading it registers the ops of ntxent.cpp with torch
+// The Python module simclr_fast._C. Loading it registers the ops of ntxent.cpp and augment.cpp with torch
 // (static registration); the module itself only reports how it was built.
 //
 // SIMCLR_FAST_BUILD_INFO below is also read *without* loading the library: simclr_fast/_extension.py
@@ -41,7 +41,7 @@ PyMethodDef methods[] = {
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "simclr_fast._C",
-                          "Fused NT-Xent CPU kernels (ops registered as torch.ops.simclr_fast.*).", -1,
+                          "Fused NT-Xent and augmentation CPU kernels (ops registered as torch.ops.simclr_fast.*).", -1,
                           methods};
 
 }  // namespace

@@ -28,7 +28,8 @@ BUILD_HINT = (
     "SIMCLR_FAST_NO_EXTENSION unset"
 )
 
-#: True when ``torch.ops.simclr_fast.ntxent_fwd_cpu`` / ``ntxent_bwd_cpu`` are registered and usable.
+#: True when the ops of ``simclr_fast._C`` (``torch.ops.simclr_fast.ntxent_fwd_cpu`` / ``ntxent_bwd_cpu``,
+#: ``augment_view_cpu``) are registered and usable.
 AVAILABLE: bool = False
 #: Why the extension is not available (with the fix), or ``None``.
 REASON: str | None = None
