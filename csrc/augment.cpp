@@ -252,12 +252,10 @@ void resample_general(const In* src, const float* theta, const Config& cfg, Scra
               for (int i = 0; i < 4; ++i) row += wx[i] * tap(p, y0 - 1 + j, x0 - 1 + i);
               val += wy[j] * row;
             }
-            val = clip01(val * scale);
-            s.img[c * plane + y * ow + x] = val;
-            continue;
           }
         }
-        s.img[c * plane + y * ow + x] = val * scale;
+        val *= scale;
+        s.img[c * plane + y * ow + x] = cfg.interp == kBicubic ? clip01(val) : val;
       }
     }
   }

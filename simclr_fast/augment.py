@@ -593,27 +593,40 @@ def _resample(
     return out
 
 
+def _ops_on(vp: ViewParams) -> dict[str, bool]:
+    """Which per-image ops a view runs at all (both paths skip the others for every image)."""
+    return {
+        "jitter": vp.jitter_p > 0 and bool(vp.brightness or vp.contrast or vp.saturation or vp.hue),
+        "grayscale": vp.grayscale_p > 0,
+        "blur": vp.blur_p > 0,
+        "solarize": vp.solarize_p > 0,
+        "noise": vp.noise_p > 0 and vp.noise_std > 0,
+        "erase": vp.erase_p > 0,
+    }
+
+
 def _augment_view(
     x: torch.Tensor, p: Mapping[str, torch.Tensor], vp: ViewParams, size: tuple[int, int]
 ) -> torch.Tensor:
     y = _resample(x, p, vp, size)
     channels = y.shape[1]
-    if vp.jitter_p > 0 and (vp.brightness or vp.contrast or vp.saturation or vp.hue):
+    on = _ops_on(vp)
+    if on["jitter"]:
         y = _color_jitter(y, p, vp)
-    if vp.grayscale_p > 0 and channels == 3:
+    if on["grayscale"] and channels == 3:
         y = _apply_masked(y, p["grayscale"], _to_grayscale)
-    if vp.blur_p > 0:
+    if on["blur"]:
         ksize = _blur_kernel_size(vp, size[0])
         if ksize > 1:
             y = _apply_masked(y, p["blur"], lambda t, s: _blur(t, s, ksize), p["sigma"])
-    if vp.solarize_p > 0:
+    if on["solarize"]:
         mask = p["solarize"].view(-1, 1, 1, 1) & (y >= vp.solarize_threshold)
         y = torch.where(mask, 1.0 - y, y)
-    if vp.noise_p > 0 and vp.noise_std > 0:
+    if on["noise"]:
         noise = p["noise_values"].to(y.dtype)
         scale = p["noise"].to(y.dtype).view(-1, 1, 1, 1) * vp.noise_std
         y = y.add_(noise * scale).clamp_(0.0, 1.0)
-    if vp.erase_p > 0:
+    if on["erase"]:
         y = _apply_masked(y, p["erase"], _erase, p["erase_box"].to(y.dtype))
     return y
 
@@ -648,27 +661,18 @@ def _fused_view(
     """One view through ``torch.ops.simclr_fast.augment_view_cpu``, written into ``out``.
 
     ``images`` is the raw batch (uint8 or float32, contiguous NCHW): the kernel scales uint8 itself,
-    so the batch is never converted to float as a whole. The flags of ops the tensor-op path would
-    skip (strengths 0, kernel size 1) are cleared here, so both paths run the same ops.
+    so the batch is never converted to float as a whole. The flags of ops the view does not run
+    (``_ops_on``) are cleared, so both paths run the same ops.
     """
-    jitter_on = vp.jitter_p > 0 and bool(vp.brightness or vp.contrast or vp.saturation or vp.hue)
-    noise_on = vp.noise_p > 0 and vp.noise_std > 0
-    flags = torch.stack(
-        [
-            p["jitter"] & jitter_on,
-            p["grayscale"] & (vp.grayscale_p > 0),
-            p["blur"] & (vp.blur_p > 0),
-            p["solarize"] & (vp.solarize_p > 0),
-            p["noise"] & noise_on,
-            p["erase"] & (vp.erase_p > 0),
-        ],
-        dim=1,
-    )
+    on = _ops_on(vp)
+    # the kernel's flag order (csrc/augment.cpp: Flag)
+    names = ("jitter", "grayscale", "blur", "solarize", "noise", "erase")
+    flags = torch.stack([p[name] & on[name] for name in names], dim=1)
     channels = images.shape[1]
     if mean is not None:
         mean = mean.to(images.device).flatten().expand(channels).contiguous()
         std = std.to(images.device).flatten().expand(channels).contiguous()
-    noise = p["noise_values"].to(torch.float32).contiguous() if noise_on else None
+    noise = p["noise_values"].to(torch.float32).contiguous() if on["noise"] else None
     torch.ops.simclr_fast.augment_view_cpu(
         images,
         _theta(p, vp, images.shape[2], images.shape[3]).contiguous(),
@@ -742,7 +746,8 @@ class SimCLRAugment(nn.Module):
         backend: ``"auto"`` (default): the fused C++ kernel (csrc/augment.cpp) for CPU
             tensors when the extension is built, the tensor ops otherwise; ``"torch"``: always
             the tensor ops (Kornia's functional ops and ours), on any device; ``"cpu"``: always
-            the fused kernel, raising when it is not built or the images are not on the CPU. Both paths give the same views for the same random parameters (up to fp32
+            the fused kernel, raising when it is not built or the images are not on the CPU.
+            Both paths give the same views for the same random parameters (up to fp32
             rounding); on CPU at 224 px the kernel is ~6x faster (see the module docstring).
         **overrides: :class:`ViewParams` fields overriding both views, e.g. ``blur_p=0.0``,
             ``crop_scale=(0.2, 1.0)``. Applied before ``view0`` / ``view1``.
@@ -980,6 +985,15 @@ class SimCLRAugment(nn.Module):
         per_image = 4 * x.shape[1] * self.size[0] * self.size[1]
         return max(1, self.cpu_block_bytes // per_image)
 
+    def _new_output(self, batch: int, channels: int, device: torch.device) -> torch.Tensor:
+        """An empty view of the output size, dtype and memory format."""
+        return torch.empty(
+            (batch, channels, *self.size),
+            dtype=self.dtype,
+            device=device,
+            memory_format=self.memory_format,
+        )
+
     def _finish(self, y: torch.Tensor) -> torch.Tensor:
         if self.mean is not None:
             if self.mean.device != y.device:  # module not moved with .to(device): copy once
@@ -1017,12 +1031,10 @@ class SimCLRAugment(nn.Module):
         batch, channels, in_h, in_w = raw.shape
         use_kernel = self._uses_kernel(raw.device)
         if use_kernel:  # the kernel reads uint8 or float32 itself
-            x = raw if raw.dtype in (torch.uint8, torch.float32) else raw.float()
-            x = x.contiguous()
+            x = (raw if raw.dtype in (torch.uint8, torch.float32) else raw.float()).contiguous()
         else:
             x = raw.to(torch.float32)
-            x = x.div_(255.0) if raw.dtype == torch.uint8 else x
-            x = x.contiguous()
+            x = (x.div_(255.0) if raw.dtype == torch.uint8 else x).contiguous()
             chunk = self._chunk_size(x)
         views, params = [], []
         for vp in self.view_params:
@@ -1038,19 +1050,12 @@ class SimCLRAugment(nn.Module):
             if self.same_on_batch:
                 p = {k: v.expand(batch, *v.shape[1:]) for k, v in p.items()}
             if use_kernel:
-                out = torch.empty(
-                    (batch, channels, *self.size),
-                    dtype=self.dtype,
-                    device=raw.device,
-                    memory_format=self.memory_format,
-                )
+                out = self._new_output(batch, channels, raw.device)
                 views.append(_fused_view(x, p, vp, out, self.mean, self.std))
             elif chunk >= batch:
                 views.append(self._finish(_augment_view(x, p, vp, self.size)))
             else:
-                out = torch.empty(
-                    (batch, channels, *self.size), dtype=self.dtype, device=x.device
-                ).contiguous(memory_format=self.memory_format)
+                out = self._new_output(batch, channels, x.device)
                 for start in range(0, batch, chunk):
                     part = {k: v[start : start + chunk] for k, v in p.items()}
                     y = _augment_view(x[start : start + chunk], part, vp, self.size)
