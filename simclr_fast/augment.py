@@ -6,7 +6,7 @@ images' device (from a :class:`torch.Generator` when one is given); the batch is
 whole-batch tensor operations, with no Python loop over images and, on CUDA, no host
 synchronisation.
 
-Recipes (DESIGN.md §5, from google-research/simclr ``data_util.py`` and the BYOL paper):
+Recipes (docs/design.md §5, from google-research/simclr ``data_util.py`` and the BYOL paper):
 
 =====================  ===================================================================
 ``"simclr-imagenet"``  224 px; resized crop (area 0.08–1, aspect 3/4–4/3, bicubic); flip 0.5;
@@ -228,7 +228,7 @@ def _simclr(strength: float, blur_p: float) -> ViewParams:
 
 _BYOL_BASE = ViewParams(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
 
-# The digits recipe: DESIGN.md §6 measured crop + affine + intensity + erasing ~20 points above
+# The digits recipe: docs/design.md §6 measured crop + affine + intensity + erasing ~20 points above
 # crop-only at 1 label/class (small SimCLR CNN, 16x16 inputs, 60 s CPU). The exact values below
 # (area 0.6-1, +-10 deg rotation, +-10 deg shear, brightness/contrast 0.4, noise 0.05 on half the
 # images, erasing p 0.25) were chosen by hand, not tuned: not measured individually.

@@ -4,7 +4,7 @@ Three sources, all giving ``(image, label)`` with ``image`` a uint8 ``(C, H, W)`
 
 * :class:`DigitsDataset`: scikit-learn's ``load_digits`` (1797 8×8 grayscale images shipped in the
   wheel, values 0–16 scaled to 0–255) with a fixed stratified split of 1197 train / 600 test
-  (:func:`digits_split`, DESIGN.md §6).
+  (:func:`digits_split`, docs/design.md §6).
 * :class:`CIFAR10Dataset`: the CIFAR-10 "python version" pickles from a local directory.
 * :class:`ImageFolderDataset`: ``root/<class>/<image>`` decoded with PIL.
 

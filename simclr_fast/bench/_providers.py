@@ -27,9 +27,9 @@ _FUSED_BLOCK_BYTES = 3 * (1 << 22) * 4
 
 #: Per-provider footprint models, bytes per ``(2B)²`` element of the similarity matrix, for the
 #: pre-run memory check only (an over-estimate skips a case that might have fit; an under-estimate
-#: is caught by the allocation failure). ``naive``: DESIGN.md §2 counts ≈ 16·(2B)² for the naive
+#: is caught by the allocation failure). ``naive``: docs/design.md §2 counts ≈ 16·(2B)² for the naive
 #: loss; measured here 3.4 GB at 2B = 16384 (12.7·(2B)²), 16 kept as the conservative figure.
-#: ``naive-compile``: measured 1.5 GB at 2B = 16384 (5.6·(2B)², DESIGN.md §2), rounded up to 6.
+#: ``naive-compile``: measured 1.5 GB at 2B = 16384 (5.6·(2B)², docs/design.md §2), rounded up to 6.
 #: ``lightly``: not measured (not importable here); taken as the naive figure.
 _BYTES_PER_N2 = {"naive": 16, "naive-compile": 6, "lightly": 16}
 #: pytorch-metric-learning 2.9's ``NTXentLoss`` compares every positive pair with every negative
@@ -38,7 +38,7 @@ _BYTES_PER_N2 = {"naive": 16, "naive-compile": 6, "lightly": 16}
 #: 2B = 512, i.e. 16.2 bytes per (2B)³; at 2B = 1024 that is ≈ 17 GB.
 _BYTES_PER_N3 = {"pml": 16.2}
 
-#: FLOP factors (forward, backward) in units of ``(2B)²·D`` for each algorithm (DESIGN.md §2).
+#: FLOP factors (forward, backward) in units of ``(2B)²·D`` for each algorithm (docs/design.md §2).
 ROW_WISE = (2, 4)  # one GEMM forward; recompute + G·z backward (or autograd's two GEMMs)
 SYMMETRIC = (1, 3)  # tiles on/above the diagonal only
 

@@ -1,6 +1,6 @@
 """``simclr-fast bench augment``: images per second of SimCLRAugment against a per-image pipeline.
 
-Two configurations (DESIGN.md §5): ``simclr-cifar`` at 32 px, batch 512, and ``simclr-imagenet`` at
+Two configurations (docs/design.md §5): ``simclr-cifar`` at 32 px, batch 512, and ``simclr-imagenet`` at
 224 px, batch 64. "Images per second" counts source images, each giving two views. The baseline
 is the per-image pipeline most PyTorch SimCLR code runs in its DataLoader workers, with the same
 recipe, in ``--workers`` processes (default 2, the cores of the dev box):

@@ -1,4 +1,4 @@
-"""The training configuration and its per-dataset defaults (DESIGN.md §6)."""
+"""The training configuration and its per-dataset defaults (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Digits defaults: DESIGN.md §6 measured a small CNN on native 8x8 inputs with τ 1.0, batch 256,
+# Digits defaults: docs/design.md §6 measured a small CNN on native 8x8 inputs with τ 1.0, batch 256,
 # Adam 1e-3 and cosine decay at 0.991 / 0.978 / 0.970 / 0.928 (all / 10 / 5 / 1 labels per class)
 # after 60 s, against 0.853 at 1 label/class with 16x16 inputs and τ 0.5. Epochs, measured with
 # this loop, its SmallCNN and the "digits" recipe of simclr_fast.augment (issue #8, 2-core CPU
@@ -86,7 +86,7 @@ _DIGITS = dict(
     temperature=1.0,
     knn_k=20,
 )
-# CIFAR-10 / image folders: SimCLR's recipe (DESIGN.md §6): LARS, 10 warm-up epochs, τ 0.5, kNN k 200.
+# CIFAR-10 / image folders: SimCLR's recipe (docs/design.md §6): LARS, 10 warm-up epochs, τ 0.5, kNN k 200.
 _CIFAR = dict(
     image_size=32,
     augment="simclr-cifar",

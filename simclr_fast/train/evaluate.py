@@ -50,7 +50,7 @@ def knn_accuracy(
     num_classes: int | None = None,
     chunk: int = 1024,
 ) -> float:
-    """Weighted kNN accuracy (Wu et al. 2018, the monitor of DESIGN.md §6) on L2-normalized features.
+    """Weighted kNN accuracy (Wu et al. 2018, the monitor of docs/design.md §6) on L2-normalized features.
 
     Each test image votes with its ``k`` most cosine-similar training images, neighbour ``j``
     weighted by ``exp(sim_j / t)``; the class with the largest total weight wins.

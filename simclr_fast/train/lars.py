@@ -106,7 +106,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split ``model``'s parameters into a decayed group and an excluded group.
 
     Normalization-layer parameters and every bias go into the group with ``weight_decay=0`` and
-    ``lars_exclude=True`` (SimCLR's recipe, DESIGN.md §6); the rest get ``weight_decay``. Other
+    ``lars_exclude=True`` (SimCLR's recipe, docs/design.md §6); the rest get ``weight_decay``. Other
     optimizers ignore the ``lars_exclude`` key.
     """
     norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)

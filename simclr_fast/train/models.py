@@ -3,7 +3,7 @@
 torchvision's ResNets are used when torchvision imports; otherwise (torchvision is optional and its
 wheels are built against one exact torch, so it is often absent or broken next to a newer torch) a
 compact ResNet of our own with the same layout is used. Both get the CIFAR stem (3x3 stride-1 conv,
-no max-pool) for small images, as in SimCLR's CIFAR-10 experiments (DESIGN.md §6).
+no max-pool) for small images, as in SimCLR's CIFAR-10 experiments (docs/design.md §6).
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ class ProjectionHead(nn.Sequential):
 
 class SimCLRModel(nn.Module):
     """Backbone + projection head. ``forward`` returns the projections the loss sees; evaluation
-    uses :meth:`features`, the backbone output before the head (DESIGN.md §6).
+    uses :meth:`features`, the backbone output before the head (docs/design.md §6).
 
     Args:
         backbone: an encoder with an ``out_dim`` attribute (see :func:`build_backbone`).
