@@ -19,6 +19,7 @@ Environment switch:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ except Exception as exc:  # ImportError, or a broken install raising something e
     _TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
 
 #: Input dtypes the kernels take (fp64 goes to backend="torch").
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -149,10 +151,75 @@ def all_configs(kernel: str, dtype: torch.dtype) -> list[KernelConfig]:
     return list(dict.fromkeys(pick_config(kernel, dtype, d) for d in widths))
 
 
-#: ``input_precision`` of every ``tl.dot``: fp32 inputs get exact fp32 products (FMA, no TF32);
-#: fp16/bf16 products are exact in fp32 anyway, on tensor cores. TF32 is not offered: it would be
-#: another set of configurations to check, and bf16 inputs already give tensor-core speed.
+#: ``input_precision`` of every ``tl.dot``. fp16/bf16 products are exact in fp32 (tensor cores);
+#: fp32 inputs run exact fp32 products (FMA) under ``torch.get_float32_matmul_precision()
+#: == "highest"`` and are otherwise handed to the fp16 kernels (:func:`kernel_operand_dtype`).
 INPUT_PRECISION = "ieee"
+
+#: ``|inv_tau|`` up to which the kernels use the fixed shift ``C = |inv_tau|`` (one exponential per
+#: element, no running max). Unit vectors give ``|s| <= C``, so the forward's terms
+#: ``2^{s·log2(e) − C·log2(e)}`` lie in ``[e^{−2C}, 1]``: normal fp32 numbers while ``2C <= 87``;
+#: the backward's row factor is at most ``2^6 e^{2C}`` (kernel comment), finite in fp32 for
+#: ``C <= 40``. A range argument, not a timing: past it the online-max forward and the
+#: two-exponential backward run.
+FIXED_SHIFT_MAX_INV_TAU = 40.0
+
+#: Exponent offset ``E`` of the one-exponential backward (see the comment above the kernel).
+_BWD_EXP_OFFSET = 8.0
+
+#: Target magnitude of the scaled rows of ``G`` before the 16-bit cast: ``2^14`` leaves a factor 4
+#: of headroom under fp16's largest finite value (65504) and puts fp16's smallest subnormal
+#: (``2^−24``) at ``2^−38`` of a row's largest possible entry.
+_G_ROW_SCALE = 2.0**14
+
+#: Streaming multiprocessors the column split aims to fill: an H100 SXM has 132. Nominal, not
+#: measured on a GPU (none was available): on a smaller GPU the split only makes more, shorter
+#: programs. The split is off when the row grid alone has at least this many programs.
+NOMINAL_SM_COUNT = 132
+#: Fewest column tiles one part of the split keeps (so each program still streams a few tiles and
+#: the partial results stay a small multiple of the output); not measured.
+_MIN_TILES_PER_PART = 4
+#: Most parts: bounds the backward's partial ``dz`` at ``_MAX_PARTS · row_count · D`` floats.
+_MAX_PARTS = 16
+
+
+def kernel_operand_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels' ``tl.dot`` operands take for inputs of ``dtype``.
+
+    fp16/bf16 stay as they are. fp32 follows ``torch.get_float32_matmul_precision()`` as cuBLAS
+    does: ``"highest"`` keeps exact fp32 products; ``"high"`` and ``"medium"`` round ``z`` once to
+    fp16 and run the tensor-core kernels (fp16 products are exact in the fp32 accumulator). For
+    unit vectors fp16 carries the same 10-bit mantissa as TF32, and the 16-bit kernels' tiles are
+    the ones checked ahead of time, so fp16 rather than TF32.
+    """
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return torch.float16
+    return dtype
+
+
+def launch_flags() -> list[dict[str, bool]]:
+    """Every combination of the kernels' mode flags the launchers pass (with :func:`all_configs`,
+    the full list of compiled variants): keys mode never has ``exclude``."""
+    return [
+        dict(FIXED_SHIFT=fixed, HAS_KEYS=keys, HAS_EXCLUDE=excl)
+        for fixed in (True, False)
+        for keys, excl in ((False, True), (False, False), (True, False))
+    ]
+
+
+def pick_parts(row_programs: int, n_cols: int, block_n: int) -> int:
+    """How many column parts the launcher splits ``n_cols`` columns into for a row grid of
+    ``row_programs`` programs (1: no split), see :data:`NOMINAL_SM_COUNT`."""
+    tiles = triton.cdiv(n_cols, block_n)
+    parts = min(NOMINAL_SM_COUNT // max(row_programs, 1), tiles // _MIN_TILES_PER_PART, _MAX_PARTS)
+    return max(1, parts)
+
+
+def _column_parts(n_cols: int, block_n: int, parts: int) -> tuple[int, int]:
+    """``(num_parts, cols_per_part)``: ``parts`` ranges of whole column tiles, none empty."""
+    tiles = triton.cdiv(n_cols, block_n)
+    per = triton.cdiv(tiles, max(1, min(parts, tiles))) * block_n
+    return triton.cdiv(n_cols, per), per
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,8 +238,8 @@ def _check_device(t: torch.Tensor, name: str) -> None:
 def _check_z(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> None:
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
-    if z.dim() != 2 or z.shape[1] < 1:
-        raise ValueError(f"z must be 2-D (N, D) with D >= 1, got shape {tuple(z.shape)}")
+    if z.dim() != 2 or z.shape[1] < 1 or z.shape[0] < 1:
+        raise ValueError(f"z must be 2-D (N, D) with N >= 1 and D >= 1, got shape {tuple(z.shape)}")
     if z.dtype not in KERNEL_DTYPES:
         raise TypeError(
             f"z has dtype {z.dtype}; the triton kernels take float16, bfloat16 or float32 "
@@ -183,9 +250,6 @@ def _check_z(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) ->
             f"z must have unit stride along D, got strides {z.stride()}; pass z.contiguous()"
         )
     n = z.shape[0]
-    if n < 2:
-        # Every row needs at least one non-diagonal column (N = 2B >= 2 in the public API).
-        raise ValueError(f"z must have at least 2 rows, got {n}")
     if not (row_start >= 0 and row_count >= 1 and row_start + row_count <= n):
         raise ValueError(
             f"rows [row_start, row_start + row_count) = [{row_start}, {row_start + row_count}) must lie "
@@ -198,13 +262,81 @@ def _check_z(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) ->
     _check_device(z, "z")
 
 
-def _launch_meta(cfg, z: torch.Tensor) -> dict:
+def _check_vector(t, name: str, length: int, what: str, z: torch.Tensor, dtype=torch.float32):
+    if not isinstance(t, torch.Tensor) or t.shape != (length,) or t.dtype != dtype:
+        got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(
+            f"{name} must be a {str(dtype).removeprefix('torch.')} tensor of shape ({length},) "
+            f"({what}), got {got}"
+        )
+    if t.device != z.device:
+        raise ValueError(f"{name} is on {t.device} but z is on {z.device}; move it to {z.device}")
+    return t.contiguous()
+
+
+def _check_columns(z, row_count, exclude, keys):
+    """Validated ``exclude`` and ``keys``; returns them (contiguous) or ``None``."""
+    if keys is not None:
+        if exclude is not None:
+            raise ValueError(
+                "exclude must be None when keys are given (keys mode has no excluded columns); "
+                "drop one of them"
+            )
+        if not isinstance(keys, torch.Tensor):
+            raise TypeError(f"keys must be a torch.Tensor or None, got {type(keys).__name__}")
+        if keys.dim() != 2 or keys.shape[0] < 1 or keys.shape[1] != z.shape[1]:
+            raise ValueError(
+                f"keys must be 2-D (K, D) with K >= 1 and D = {z.shape[1]} (z's width), "
+                f"got shape {tuple(keys.shape)}"
+            )
+        if keys.dtype != z.dtype:
+            raise TypeError(
+                f"keys has dtype {keys.dtype} but z has {z.dtype}; cast keys to {z.dtype}"
+            )
+        if keys.device != z.device:
+            raise ValueError(
+                f"keys is on {keys.device} but z is on {z.device}; move it to {z.device}"
+            )
+        if keys.stride(1) != 1:
+            raise ValueError(
+                f"keys must have unit stride along D, got strides {keys.stride()}; pass "
+                "keys.contiguous()"
+            )
+    if exclude is not None:
+        exclude = _check_vector(
+            exclude,
+            "exclude",
+            row_count,
+            "one global column index per owned row, -1 for none",
+            z,
+            torch.int64,
+        )
+    return exclude, keys
+
+
+def _operands(z: torch.Tensor, keys: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column operands in :func:`kernel_operand_dtype` (fp32 under "high"/"medium" -> fp16)."""
+    dtype = kernel_operand_dtype(z.dtype)
+    z = z.to(dtype)
+    return z, (z if keys is None else keys.to(dtype))
+
+
+def _device_guard(z: torch.Tensor):
+    """Triton launches on ``torch.cuda.current_device()`` and its stream, not on the tensors'
+    device: make ``z``'s device current for the launch."""
+    return torch.cuda.device(z.device) if z.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _launch_meta(cfg, z: torch.Tensor, fixed: bool, keys: bool, exclude: bool) -> dict:
     """Compile-time constants and launch options shared by the forward and backward launches."""
     return dict(
         BLOCK_M=cfg.block_m,
         BLOCK_N=cfg.block_n,
         BLOCK_D=cfg.block_d,
         SINGLE_D=cfg.single_d,
+        FIXED_SHIFT=fixed,
+        HAS_KEYS=keys,
+        HAS_EXCLUDE=exclude,
         INPUT_PRECISION=INPUT_PRECISION,
         UPCAST_OPERANDS=interpreting() and z.dtype == torch.bfloat16,
         num_warps=cfg.num_warps,
@@ -212,71 +344,183 @@ def _launch_meta(cfg, z: torch.Tensor) -> dict:
     )
 
 
-def ntxent_fwd(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
-    """Launch the forward kernel: fp32 log-sum-exp of the owned rows, shape ``(row_count,)``."""
+def _fp32(value: float) -> float:
+    """``value`` rounded to fp32, as Triton passes a Python float to a kernel."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def ntxent_fwd(
+    z: torch.Tensor,
+    row_start: int,
+    row_count: int,
+    inv_tau: float,
+    shift: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
+    num_parts: int | None = None,
+) -> torch.Tensor:
+    """Launch the forward kernel: ``x_k = log Σ_{j∈C(k)} e^{s_kj − shift_k}``, fp32 ``(row_count,)``.
+
+    ``shift`` holds the owned rows' shifts, ``(row_count,)``; in self mode the ``(N,)`` vector of
+    every row is accepted too (the owned slice is used). ``num_parts`` forces the column split
+    (default: :func:`pick_parts`).
+    """
     _check_z(z, row_start, row_count, inv_tau)
-    n, d = z.shape
-    cfg = pick_config("fwd", z.dtype, d)
-    lse = torch.empty(row_count, dtype=torch.float32, device=z.device)
-    grid = (triton.cdiv(row_count, cfg.block_m),)
-    triton_kernels._ntxent_fwd_kernel[grid](
-        z,
-        lse,
-        n,
-        d,
-        row_start,
-        row_count,
-        z.stride(0),
-        float(inv_tau) * LOG2E,
-        **_launch_meta(cfg, z),
-    )
-    return lse
+    exclude, keys = _check_columns(z, row_count, exclude, keys)
+    whole = isinstance(shift, torch.Tensor) and shift.shape == (z.shape[0],)
+    if keys is None and row_count != z.shape[0] and whole:
+        shift = shift[row_start : row_start + row_count]
+    shift = _check_vector(shift, "shift", row_count, "one per owned row", z)
+    zk, ck = _operands(z, keys)
+    d, n_cols = zk.shape[1], ck.shape[0]
+    cfg = pick_config("fwd", zk.dtype, d)
+    c = abs(float(inv_tau))
+    fixed = c <= FIXED_SHIFT_MAX_INV_TAU
+    row_programs = triton.cdiv(row_count, cfg.block_m)
+    parts = num_parts if num_parts is not None else pick_parts(row_programs, n_cols, cfg.block_n)
+    parts, cols_per_part = _column_parts(n_cols, cfg.block_n, parts)
+    sums = torch.empty((parts, row_count), dtype=torch.float32, device=z.device)
+    maxes = sums if fixed else torch.empty_like(sums)
+    k_shift = _fp32(c * LOG2E) if fixed else 0.0  # the kernel's constant, exactly as it sees it
+    excl = exclude if exclude is not None else torch.empty(1, dtype=torch.int64, device=z.device)
+    with _device_guard(z):
+        triton_kernels._ntxent_fwd_kernel[(row_programs, parts)](
+            zk,
+            ck,
+            excl,
+            maxes,
+            sums,
+            n_cols,
+            d,
+            row_start,
+            row_count,
+            zk.stride(0),
+            ck.stride(0),
+            cols_per_part,
+            float(inv_tau) * LOG2E,
+            k_shift,
+            **_launch_meta(cfg, zk, fixed, keys is not None, exclude is not None),
+        )
+    # Combine the parts in a fixed order, then x = ln Σ + (shift constant − shift_k) in fp64: the
+    # two O(1/τ) terms never meet in fp32.
+    if fixed:
+        total = sums.double().sum(dim=0)
+        const = torch.full_like(total, k_shift * LN2)
+    else:
+        m64 = maxes.double()
+        top = m64.amax(dim=0)
+        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+        total = (sums.double() * torch.exp2(m64 - top)).sum(dim=0)
+        const = top * LN2
+    return (torch.log(total) + (const - shift.double())).to(torch.float32)
+
+
+def _backward_factors(shift, x, weight, row_start, row_count, inv_tau, fixed, keys_mode):
+    """Per-row and per-column factors of the scaled ``G`` (comment above the backward kernel),
+    computed on ``weight``'s device in fp64 with no host sync. Returns fp32 tensors
+    ``row_a, row_b, row_s, col_v, col_s, out_scale`` and the kernel's shift constant."""
+    w, sh = weight.double(), shift.double()
+    total = w.abs() * torch.exp(x.double())  # T_j = |weight_j| e^{x_j}: row j's own terms' sum
+    tiny = 1e-300
+    if keys_mode:
+        t_max = torch.zeros((), dtype=torch.float64, device=w.device)
+        t_k, w_k, sh_k = total, w, sh
+    else:
+        t_max = total.amax()
+        rows = slice(row_start, row_start + row_count)
+        t_k, w_k, sh_k = total[rows], w[rows], sh[rows]
+    sigma = _G_ROW_SCALE / (t_k + t_max).clamp_min(tiny)
+    row_b = sigma * t_max
+    k_shift = _fp32(abs(float(inv_tau)) * LOG2E - _BWD_EXP_OFFSET) if fixed else 0.0
+    if fixed:
+        row_a = sigma * w_k * torch.exp2(k_shift - sh_k * LOG2E)
+        col_v = w * torch.exp2(k_shift - sh * LOG2E) / t_max.clamp_min(tiny)
+        row_s = col_s = None
+    else:
+        row_a = torch.log2((sigma * w_k).abs()) - sh_k * LOG2E
+        row_b = torch.log2(row_b)
+        col_v = torch.log2(w.abs() / t_max.clamp_min(tiny)) - sh * LOG2E
+        row_s, col_s = torch.sign(w_k), torch.sign(w)
+    out_scale = float(inv_tau) / sigma
+    f32 = [None if t is None else t.to(torch.float32) for t in (row_a, row_b, row_s, col_v, col_s)]
+    return (*f32, out_scale.to(torch.float32), k_shift)
 
 
 def ntxent_bwd(
     z: torch.Tensor,
-    lse: torch.Tensor,
-    coef: torch.Tensor,
+    shift: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
     row_start: int,
     row_count: int,
     inv_tau: float,
+    exclude: torch.Tensor | None = None,
+    keys: torch.Tensor | None = None,
+    num_parts: int | None = None,
 ) -> torch.Tensor:
-    """Launch the backward kernel: ``inv_tau · (G z)`` for the owned rows, fp32 ``(row_count, D)``."""
+    """Launch the backward kernel: the owned rows of ``dz``, fp32 ``(row_count, D)``.
+
+    ``dz_k = inv_tau Σ_{j∈C(k)} (weight_k e^{s_kj − shift_k} + weight_j e^{s_kj − shift_j}) c_j``
+    (keys mode: the row term only). ``shift``, ``x`` (the forward's result) and ``weight`` cover
+    all ``N`` rows in self mode and the owned rows in keys mode. ``num_parts`` forces the column
+    split (default: :func:`pick_parts`); the parts are added in a fixed order.
+    """
     _check_z(z, row_start, row_count, inv_tau)
-    n, d = z.shape
-    for name, t in (("lse", lse), ("coef", coef)):
-        if not isinstance(t, torch.Tensor) or t.shape != (n,) or t.dtype != torch.float32:
-            got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-            raise ValueError(
-                f"{name} must be a float32 tensor of shape ({n},) (one per row of z), got {got}"
-            )
-        if t.device != z.device:
-            raise ValueError(f"{name} is on {t.device} but z is on {z.device}")
-    lse, coef = lse.contiguous(), coef.contiguous()
-    # Scale coef to max |coef| = 1 so G fits fp16 when cast for the tensor cores (see the kernel).
-    coef_scale = coef.abs().amax().clamp_min(torch.finfo(torch.float32).tiny)
-    coef = coef / coef_scale
-    out_scale = (coef_scale * inv_tau).reshape(1).to(torch.float32)
-    cfg = pick_config("bwd", z.dtype, d)
-    alloc = torch.empty if cfg.single_d else torch.zeros  # multi-chunk D accumulates in place
-    dz = alloc((row_count, d), dtype=torch.float32, device=z.device)
-    grid = (triton.cdiv(row_count, cfg.block_m),)
-    triton_kernels._ntxent_bwd_kernel[grid](
-        z,
-        lse,
-        coef,
-        out_scale,
-        dz,
-        n,
-        d,
-        row_start,
-        row_count,
-        z.stride(0),
-        dz.stride(0),
-        float(inv_tau) * LOG2E,
-        **_launch_meta(cfg, z),
+    exclude, keys = _check_columns(z, row_count, exclude, keys)
+    length, what = (
+        (row_count, "one per owned row (keys mode)")
+        if keys is not None
+        else (z.shape[0], "one per row of z")
     )
-    return dz
+    shift, x, weight = (
+        _check_vector(t, name, length, what, z)
+        for t, name in ((shift, "shift"), (x, "x"), (weight, "weight"))
+    )
+    zk, ck = _operands(z, keys)
+    d, n_cols = zk.shape[1], ck.shape[0]
+    cfg = pick_config("bwd", zk.dtype, d)
+    fixed = abs(float(inv_tau)) <= FIXED_SHIFT_MAX_INV_TAU
+    row_a, row_b, row_s, col_v, col_s, out_scale, k_shift = _backward_factors(
+        shift, x, weight, row_start, row_count, inv_tau, fixed, keys is not None
+    )
+    row_programs = triton.cdiv(row_count, cfg.block_m)
+    parts = num_parts if num_parts is not None else pick_parts(row_programs, n_cols, cfg.block_n)
+    parts, cols_per_part = _column_parts(n_cols, cfg.block_n, parts)
+    alloc = torch.empty if cfg.single_d else torch.zeros  # multi-chunk D accumulates in place
+    dz = alloc((parts * row_count, d), dtype=torch.float32, device=z.device)
+    excl = exclude if exclude is not None else torch.empty(1, dtype=torch.int64, device=z.device)
+    unused = out_scale  # a valid pointer for arguments the launched variant does not read
+    with _device_guard(z):
+        triton_kernels._ntxent_bwd_kernel[(row_programs, parts)](
+            zk,
+            ck,
+            excl,
+            row_a,
+            row_b,
+            unused if row_s is None else row_s,
+            col_v,
+            unused if col_s is None else col_s,
+            out_scale,
+            dz,
+            n_cols,
+            d,
+            row_start,
+            row_count,
+            zk.stride(0),
+            ck.stride(0),
+            dz.stride(0),
+            cols_per_part,
+            float(inv_tau) * LOG2E,
+            k_shift,
+            **_launch_meta(cfg, zk, fixed, keys is not None, exclude is not None),
+        )
+    if parts == 1:
+        return dz
+    dz = dz.view(parts, row_count, d)
+    out = dz[0].clone()
+    for p in range(1, parts):  # a fixed order: bit-identical run to run
+        out += dz[p]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,29 +531,38 @@ if triton is not None:
 
     @torch.library.custom_op("simclr_fast::ntxent_fwd_triton", mutates_args=())
     def ntxent_fwd_triton(
-        z: torch.Tensor, row_start: int, row_count: int, inv_tau: float
+        z: torch.Tensor,
+        row_start: int,
+        row_count: int,
+        inv_tau: float,
+        shift: torch.Tensor,
+        exclude: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Op form of :func:`ntxent_fwd`."""
-        return ntxent_fwd(z, row_start, row_count, inv_tau)
+        return ntxent_fwd(z, row_start, row_count, inv_tau, shift, exclude, keys)
 
     @ntxent_fwd_triton.register_fake
-    def _(z, row_start, row_count, inv_tau):
+    def _(z, row_start, row_count, inv_tau, shift, exclude=None, keys=None):
         return z.new_empty((row_count,), dtype=torch.float32)
 
     @torch.library.custom_op("simclr_fast::ntxent_bwd_triton", mutates_args=())
     def ntxent_bwd_triton(
         z: torch.Tensor,
-        lse: torch.Tensor,
-        coef: torch.Tensor,
+        shift: torch.Tensor,
+        x: torch.Tensor,
+        weight: torch.Tensor,
         row_start: int,
         row_count: int,
         inv_tau: float,
+        exclude: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Op form of :func:`ntxent_bwd`."""
-        return ntxent_bwd(z, lse, coef, row_start, row_count, inv_tau)
+        return ntxent_bwd(z, shift, x, weight, row_start, row_count, inv_tau, exclude, keys)
 
     @ntxent_bwd_triton.register_fake
-    def _(z, lse, coef, row_start, row_count, inv_tau):
+    def _(z, shift, x, weight, row_start, row_count, inv_tau, exclude=None, keys=None):
         return z.new_empty((row_count, z.shape[1]), dtype=torch.float32)
 
 
@@ -340,17 +593,31 @@ class TritonBackend(Backend):
         return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
 
     def forward_lse(
-        self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float
+        self,
+        z: torch.Tensor,
+        row_start: int,
+        row_count: int,
+        inv_tau: float,
+        shift: torch.Tensor,
+        exclude: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return torch.ops.simclr_fast.ntxent_fwd_triton(z, row_start, row_count, inv_tau)
+        return torch.ops.simclr_fast.ntxent_fwd_triton(
+            z, row_start, row_count, inv_tau, shift, exclude, keys
+        )
 
     def backward_rows(
         self,
         z: torch.Tensor,
-        lse: torch.Tensor,
-        coef: torch.Tensor,
+        shift: torch.Tensor,
+        x: torch.Tensor,
+        weight: torch.Tensor,
         row_start: int,
         row_count: int,
         inv_tau: float,
+        exclude: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return torch.ops.simclr_fast.ntxent_bwd_triton(z, lse, coef, row_start, row_count, inv_tau)
+        return torch.ops.simclr_fast.ntxent_bwd_triton(
+            z, shift, x, weight, row_start, row_count, inv_tau, exclude, keys
+        )
