@@ -237,6 +237,12 @@ def _specialize(fn, args: tuple, kwargs: dict, cc: int) -> dict:
             for path, vals in attrs.items()
             if len(path) == 1 and ["tt.divisibility", 16] in vals
         ],
+        # the runtime (non-constexpr) integer arguments as launched: 1 -> constant, % 16 -> attr
+        int_args={
+            p.name: bound[p.name]
+            for p in fn.params
+            if not p.is_constexpr and type(bound[p.name]) is int
+        },
         constexpr_values={
             names[path[0]]: value
             for path, value in constexprs.items()
@@ -426,6 +432,7 @@ def compile_one(spec: dict) -> dict:
         num_warps=opts.get("num_warps"),
         num_stages=opts.get("num_stages"),
         divisible_by_16=spec["divisible_by_16"],
+        int_args=spec["int_args"],
         constexprs=spec["constexpr_values"],
     )
     start = time.perf_counter()
