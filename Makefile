@@ -1,13 +1,20 @@
 # The two commands of the README: `make bench` and `make test`. Both create .venv/ if needed,
 # install what they need and build the C++ extension.
 #
-# TORCH_SPEC picks the torch to install into a *new* .venv: the CPU build by default (a plain
-# `torch` from PyPI is a multi-GB CUDA build). On a GPU box, create .venv with your CUDA torch
-# first, or run `make test TORCH_SPEC=torch`; an existing torch in .venv is never replaced.
+# TORCH_SPEC picks the torch to install into a .venv that has none: by default torch==2.13.0 in
+# its CPU build (from pip's configured sources when they hold one, e.g. a local wheel folder, else
+# from the PyTorch CPU index). `make test TORCH_SPEC=torch` installs it as pip resolves it (on a
+# Linux GPU box: PyPI's CUDA build, which brings its own triton). An existing torch in .venv is
+# never replaced. TRITON_SPEC is installed only when torch brings no triton (the CPU build), so
+# the Triton kernels run under the interpreter and compile for GPUs; 3.9.0 is the version the
+# test suite was run with on the CPU build (a CUDA torch keeps the triton it pins).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.9.0
+# the CPU build is preferred only for the default TORCH_SPEC, not for one given on the command line
+PREFER_CPU := $(if $(filter file,$(origin TORCH_SPEC)),--prefer-cpu,)
 STAMP := $(VENV)/.simclr-fast-installed
 
 .PHONY: install test bench bench-full bench-pytest lint format wheel clean
@@ -16,9 +23,9 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet "setuptools>=69" wheel ninja
+$(STAMP): $(PY) pyproject.toml setup.py tools/install_torch.py $(wildcard csrc/*.cpp csrc/*.h)
+	$(PY) tools/install_torch.py $(PREFER_CPU) --triton "$(TRITON_SPEC)" "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet "setuptools>=77" wheel ninja
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
@@ -41,12 +48,12 @@ bench-pytest: $(STAMP)
 	$(PY) -m pytest benchmarks/ --benchmark-only
 
 lint: $(STAMP)
-	$(PY) -m ruff check simclr_fast tests benchmarks examples setup.py
-	$(PY) -m ruff format --check simclr_fast tests benchmarks examples setup.py
+	$(PY) -m ruff check simclr_fast tests benchmarks examples tools setup.py
+	$(PY) -m ruff format --check simclr_fast tests benchmarks examples tools setup.py
 
 format: $(STAMP)
-	$(PY) -m ruff format simclr_fast tests benchmarks examples setup.py
-	$(PY) -m ruff check --fix simclr_fast tests benchmarks examples setup.py
+	$(PY) -m ruff format simclr_fast tests benchmarks examples tools setup.py
+	$(PY) -m ruff check --fix simclr_fast tests benchmarks examples tools setup.py
 
 wheel: $(STAMP)
 	$(PY) -m pip wheel --no-build-isolation --no-deps . -w dist/

@@ -34,11 +34,18 @@ assert so, f"no simclr_fast/_C*.so in the wheel: {names}"
 print("   contains", so[0])
 PY
 
+# The torch the wheel was built against, by its public version (2.13.0 for 2.13.0+cpu: a local
+# label names a build, not a release any index is sure to have); the CPU build when the builder's
+# torch is one (tools/install_torch.py: pip's configured sources, else the PyTorch CPU index).
 TORCH_VERSION="$("$PYTHON" -c 'import torch; print(torch.__version__)')"
-echo "== fresh venv with only torch==$TORCH_VERSION"
+TORCH_PUBLIC="${TORCH_VERSION%%+*}"
+PREFER_CPU=""
+if [[ "$TORCH_VERSION" == *+cpu ]]; then PREFER_CPU="--prefer-cpu"; fi
+echo "== fresh venv with only torch==$TORCH_PUBLIC (built against $TORCH_VERSION)"
 "$PYTHON" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"
-"$VPY" -m pip install -q "torch==$TORCH_VERSION"
+# shellcheck disable=SC2086  # PREFER_CPU is one flag or nothing
+"$VPY" "$ROOT/tools/install_torch.py" $PREFER_CPU "torch==$TORCH_PUBLIC"
 echo "== installing the wheel with its declared dependencies"
 "$VPY" -m pip install -q "$WHEEL"
 
