@@ -278,7 +278,15 @@ class PerImageBaseline:
         )
         self.workers = workers
         self.per_worker = max(1, n_images // workers)
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        # Never fork this process: it already runs torch's threads, and a fork taken while
+        # another thread holds a lock can deadlock the child (a fresh-clone test run hung here).
+        # forkserver forks the workers from a clean server process that has imported this module
+        # (torch included) but started no threads; spawn where forkserver does not exist.
+        if "forkserver" in mp.get_all_start_methods():
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
+        else:
+            ctx = mp.get_context("spawn")
         self.pool = ctx.Pool(
             workers,
             initializer=_worker_init,

@@ -158,9 +158,24 @@ def train_batches(
         collate_fn=collate_uint8,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
+        multiprocessing_context=_worker_context(num_workers),
     )
     for images, _ in loader:
         yield images.to(device, non_blocking=True)
+
+
+def _worker_context(num_workers: int):
+    """DataLoader workers start by forkserver, never by forking this process: the loop already
+    runs torch's threads, and a fork taken while another thread holds a lock can deadlock."""
+    if num_workers == 0:
+        return None
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["simclr_fast.data"])  # workers fork with torch already imported
+    return ctx
 
 
 def eval_batches(split: Split, batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
@@ -170,7 +185,11 @@ def eval_batches(split: Split, batch_size: int, num_workers: int) -> Iterator[to
             yield split.images[i : i + batch_size]
         return
     loader = DataLoader(
-        split.dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_uint8
+        split.dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_uint8,
+        multiprocessing_context=_worker_context(num_workers),
     )
     for images, _ in loader:
         yield images
