@@ -34,6 +34,7 @@ struct VAvx2 {
   static vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
   static vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
   static vec fmadd(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+  static vec fmsub(vec a, vec b, vec c) { return _mm256_fmsub_ps(a, b, c); }
   static float hsum(vec v) {
     __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     x = _mm_add_ps(x, _mm_movehl_ps(x, x));

@@ -21,7 +21,14 @@ struct VScalar {
   static vec sub(vec a, vec b) { return a - b; }
   static vec mul(vec a, vec b) { return a * b; }
   static vec max(vec a, vec b) { return a < b ? b : a; }
-  static vec fmadd(vec a, vec b, vec c) { return a * b + c; }
+  // a·b ± c rounded once, as the AVX2 kernels' FMA does (the product of two floats is exact in
+  // double): the exponents keep the precision of s − shift whichever kernels run.
+  static vec fmadd(vec a, vec b, vec c) {
+    return static_cast<float>(static_cast<double>(a) * b + c);
+  }
+  static vec fmsub(vec a, vec b, vec c) {
+    return static_cast<float>(static_cast<double>(a) * b - c);
+  }
   static float hsum(vec v) { return v; }
   static float hmax(vec v) { return v; }
   static vec exp(vec x) { return __builtin_expf(x); }

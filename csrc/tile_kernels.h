@@ -6,10 +6,14 @@
 // templates, so the AVX2 copy can never be picked by the linker for code that runs on a CPU
 // without AVX2. Do not include torch or std headers here.
 //
-// A tile holds raw dot products S[r][j] = z_r · z_j (row-major, leading dimension `lds`); the
-// similarity is s = S · inv_tau. Rows of the tile are rows `I` of z, columns are rows `J`.
-// `diag` tiles have I == J: the pair (r, r) is excluded and only the rows are accumulated (the
-// tile already holds both (r, j) and (j, r)).
+// A tile holds raw dot products S[r][j] = z_r · c_j (row-major, leading dimension `lds`); the
+// similarity is s = S · inv_tau. Rows of the tile are rows `I` of z, columns are rows `J` of z
+// (or keys). `diag` tiles have I == J: the pair (r, r) is left out and only the rows are
+// accumulated (the tile already holds both (r, j) and (j, r)). `skip[r]` (when set) is one more
+// column of row r to leave out: the excluded pair, which also leaves the column's sum.
+//
+// Every exponent is formed by one fused multiply-add, s·inv_tau − shift, so the only rounding is
+// that of the result: the error of e^{s − shift} is |s − shift|·2^−24 relative, not |s|·2^−24.
 #pragma once
 
 #include <stdint.h>
@@ -18,6 +22,27 @@
 
 namespace simclr_fast_tiles {
 namespace {
+
+// Calls f(lo, hi) for the ranges of [0, n) left when the entries p and q (−1: none; both < n)
+// are removed. With neither, one call f(0, n): tiles without exclusions pay nothing.
+template <class F>
+inline void for_kept(int64_t n, int64_t p, int64_t q, F f) {
+  if (q < p) {
+    const int64_t t = p;
+    p = q;
+    q = t;
+  }
+  int64_t lo = 0;
+  if (p >= 0) {
+    f(lo, p);
+    lo = p + 1;
+  }
+  if (q >= 0 && q != p) {
+    f(lo, q);
+    lo = q + 1;
+  }
+  f(lo, n);
+}
 
 // --- forward ------------------------------------------------------------------------------------
 
@@ -43,27 +68,21 @@ inline typename V::vec fwd_fast_seg(const float* s, float* col, int64_t n, typen
 template <class V>
 void fwd_fast_tile(const TileFwd& t) {
   const typename V::vec a = V::set1(t.inv_tau), b = V::set1(-t.shift);
-  if (t.diag) {
-    for (int64_t r = 0; r < t.rows; ++r) {
-      const float* s = t.S + r * t.lds;
-      typename V::vec acc = V::zero();
-      acc = fwd_fast_seg<V, false>(s, nullptr, r, acc, a, b);
-      acc = fwd_fast_seg<V, false>(s + r + 1, nullptr, t.cols - r - 1, acc, a, b);
-      t.row_sum[r] += static_cast<double>(V::hsum(acc));
-    }
-    return;
-  }
+  const bool cols = t.col_sum != nullptr;  // never for diag tiles
   float* col = t.scratch;
-  if (t.col_sum != nullptr) {
+  if (cols) {
     for (int64_t j = 0; j < t.cols; ++j) col[j] = 0.0f;
   }
   for (int64_t r = 0; r < t.rows; ++r) {
     const float* s = t.S + r * t.lds;
-    typename V::vec acc = t.col_sum != nullptr ? fwd_fast_seg<V, true>(s, col, t.cols, V::zero(), a, b)
-                                               : fwd_fast_seg<V, false>(s, nullptr, t.cols, V::zero(), a, b);
+    typename V::vec acc = V::zero();
+    for_kept(t.cols, t.diag ? r : -1, t.skip != nullptr ? t.skip[r] : -1, [&](int64_t lo, int64_t hi) {
+      acc = cols ? fwd_fast_seg<V, true>(s + lo, col + lo, hi - lo, acc, a, b)
+                 : fwd_fast_seg<V, false>(s + lo, nullptr, hi - lo, acc, a, b);
+    });
     t.row_sum[r] += static_cast<double>(V::hsum(acc));
   }
-  if (t.col_sum != nullptr) {
+  if (cols) {
     for (int64_t j = 0; j < t.cols; ++j) t.col_sum[j] += static_cast<double>(col[j]);
   }
 }
@@ -100,24 +119,25 @@ inline typename V::vec fwd_max_seg(const float* s, float* col, int64_t n, typena
   return mx;
 }
 
-// Σ_j e^{s_j − row_max} over n entries; with COLS also col_sum[j] += e^{s_j − col_max[j]}.
+// Σ_j e^{s_j − row_max} over n entries (nrmax = −row_max); with COLS also
+// col_sum[j] += e^{s_j − col_max[j]}.
 template <class V, bool COLS>
 inline typename V::vec fwd_sum_seg(const float* s, const float* cmax, float* csum, int64_t n,
-                                   typename V::vec acc, typename V::vec a, typename V::vec rmax) {
+                                   typename V::vec acc, typename V::vec a, typename V::vec nrmax) {
   int64_t j = 0;
   for (; j + V::W <= n; j += V::W) {
-    typename V::vec v = V::mul(V::load(s + j), a);
-    acc = V::add(acc, V::exp(V::sub(v, rmax)));
+    const typename V::vec x = V::load(s + j);
+    acc = V::add(acc, V::exp(V::fmadd(x, a, nrmax)));
     if (COLS) {
-      V::store(csum + j, V::add(V::load(csum + j), V::exp(V::sub(v, V::load(cmax + j)))));
+      V::store(csum + j, V::add(V::load(csum + j), V::exp(V::fmsub(x, a, V::load(cmax + j)))));
     }
   }
   if (j < n) {
     const int m = static_cast<int>(n - j);
-    typename V::vec v = V::mul(V::loadn(s + j, m), a);
-    acc = V::add(acc, V::keep(V::exp(V::sub(v, rmax)), m, 0.0f));
+    const typename V::vec x = V::loadn(s + j, m);
+    acc = V::add(acc, V::keep(V::exp(V::fmadd(x, a, nrmax)), m, 0.0f));
     if (COLS) {
-      typename V::vec e = V::keep(V::exp(V::sub(v, V::loadn(cmax + j, m))), m, 0.0f);
+      typename V::vec e = V::keep(V::exp(V::fmsub(x, a, V::loadn(cmax + j, m))), m, 0.0f);
       V::storen(csum + j, V::add(V::loadn(csum + j, m), e), m);
     }
   }
@@ -129,43 +149,36 @@ template <class V>
 void fwd_safe_tile(const TileFwd& t) {
   const typename V::vec a = V::set1(t.inv_tau);
   const float ninf = -__builtin_inff();
-  if (t.diag) {
-    for (int64_t r = 0; r < t.rows; ++r) {
-      const float* s = t.S + r * t.lds;
-      typename V::vec mx = V::set1(ninf);
-      mx = fwd_max_seg<V, false>(s, nullptr, r, mx, a);
-      mx = fwd_max_seg<V, false>(s + r + 1, nullptr, t.cols - r - 1, mx, a);
-      const float rm = V::hmax(mx);
-      if (rm == ninf) continue;  // no entries (a 1 x 1 diagonal tile)
-      const typename V::vec rmax = V::set1(rm);
-      typename V::vec acc = V::zero();
-      acc = fwd_sum_seg<V, false>(s, nullptr, nullptr, r, acc, a, rmax);
-      acc = fwd_sum_seg<V, false>(s + r + 1, nullptr, nullptr, t.cols - r - 1, acc, a, rmax);
-      lse_merge(t.row_max + r, t.row_sum + r, rm, static_cast<double>(V::hsum(acc)));
-    }
-    return;
-  }
-  const bool cols = t.col_sum != nullptr;
+  const bool cols = t.col_sum != nullptr;  // never for diag tiles
   float* cmax = t.scratch;
   float* csum = t.scratch + t.cols;
+  float* rmaxs = t.scratch + 2 * t.cols;
   if (cols) {
     for (int64_t j = 0; j < t.cols; ++j) {
       cmax[j] = ninf;
       csum[j] = 0.0f;
     }
   }
-  float* rmaxs = t.scratch + 2 * t.cols;
   for (int64_t r = 0; r < t.rows; ++r) {
     const float* s = t.S + r * t.lds;
-    typename V::vec mx = cols ? fwd_max_seg<V, true>(s, cmax, t.cols, V::set1(ninf), a)
-                              : fwd_max_seg<V, false>(s, nullptr, t.cols, V::set1(ninf), a);
+    typename V::vec mx = V::set1(ninf);
+    for_kept(t.cols, t.diag ? r : -1, t.skip != nullptr ? t.skip[r] : -1, [&](int64_t lo, int64_t hi) {
+      mx = cols ? fwd_max_seg<V, true>(s + lo, cmax + lo, hi - lo, mx, a)
+                : fwd_max_seg<V, false>(s + lo, nullptr, hi - lo, mx, a);
+    });
     rmaxs[r] = V::hmax(mx);
   }
   for (int64_t r = 0; r < t.rows; ++r) {
+    // No kept entry (a 1 x 1 diagonal tile, a row whose one column is excluded), or all at −inf:
+    // nothing to add to the row or the columns.
+    if (rmaxs[r] == ninf) continue;
     const float* s = t.S + r * t.lds;
-    const typename V::vec rmax = V::set1(rmaxs[r]);
-    typename V::vec acc = cols ? fwd_sum_seg<V, true>(s, cmax, csum, t.cols, V::zero(), a, rmax)
-                               : fwd_sum_seg<V, false>(s, nullptr, nullptr, t.cols, V::zero(), a, rmax);
+    const typename V::vec nrmax = V::set1(-rmaxs[r]);
+    typename V::vec acc = V::zero();
+    for_kept(t.cols, t.diag ? r : -1, t.skip != nullptr ? t.skip[r] : -1, [&](int64_t lo, int64_t hi) {
+      acc = cols ? fwd_sum_seg<V, true>(s + lo, cmax + lo, csum + lo, hi - lo, acc, a, nrmax)
+                 : fwd_sum_seg<V, false>(s + lo, nullptr, nullptr, hi - lo, acc, a, nrmax);
+    });
     lse_merge(t.row_max + r, t.row_sum + r, rmaxs[r], static_cast<double>(V::hsum(acc)));
   }
   if (cols) {
@@ -175,9 +188,15 @@ void fwd_safe_tile(const TileFwd& t) {
 
 // --- backward -----------------------------------------------------------------------------------
 
-// In place: S[r][j] <- e^{s − shift} · (u_r + u_j) (the fast path, one exponential per pair).
-template <class V>
-void bwd_fast_tile(const TileBwd& t) {
+// G = 0 where the pair is not a column of its row: (r, r) of a diag tile, (r, skip[r]).
+inline void zero_left_out(const TileBwd& t, float* g, int64_t r) {
+  if (t.diag) g[r] = 0.0f;
+  if (t.skip != nullptr && t.skip[r] >= 0) g[t.skip[r]] = 0.0f;
+}
+
+// In place: S[r][j] <- e^{s − shift} · (u_r + u_j), or · u_r without COLS (one exponential).
+template <class V, bool COLS>
+void bwd_fast_rows(const TileBwd& t) {
   const typename V::vec a = V::set1(t.inv_tau), b = V::set1(-t.shift);
   for (int64_t r = 0; r < t.rows; ++r) {
     float* s = t.S + r * t.lds;
@@ -185,39 +204,68 @@ void bwd_fast_tile(const TileBwd& t) {
     int64_t j = 0;
     for (; j + V::W <= t.cols; j += V::W) {
       typename V::vec e = V::exp(V::fmadd(V::load(s + j), a, b));
-      V::store(s + j, V::mul(e, V::add(ur, V::load(t.u_col + j))));
+      V::store(s + j, V::mul(e, COLS ? V::add(ur, V::load(t.u_col + j)) : ur));
     }
     if (j < t.cols) {
       const int m = static_cast<int>(t.cols - j);
       typename V::vec e = V::exp(V::fmadd(V::loadn(s + j, m), a, b));
-      V::storen(s + j, V::mul(e, V::add(ur, V::loadn(t.u_col + j, m))), m);
+      V::storen(s + j, V::mul(e, COLS ? V::add(ur, V::loadn(t.u_col + j, m)) : ur), m);
     }
-    if (t.diag) s[r] = 0.0f;
+    zero_left_out(t, s, r);
   }
 }
 
-// In place: S[r][j] <- coef_r e^{s − lse_r} + coef_j e^{s − lse_j} (safe for any τ).
 template <class V>
-void bwd_safe_tile(const TileBwd& t) {
+void bwd_fast_tile(const TileBwd& t) {
+  if (t.u_col != nullptr) {
+    bwd_fast_rows<V, true>(t);
+  } else {
+    bwd_fast_rows<V, false>(t);
+  }
+}
+
+// In place: S[r][j] <- sgn_r e^{(s − shift_r) − lam_r} [+ sgn_j e^{(s − shift_j) − lam_j}], that is
+// weight_r e^{s − shift_r} + weight_j e^{s − shift_j} with the weights inside the exponent, so a
+// huge e^{s − shift} times a tiny weight neither overflows nor gives inf · 0 (safe for any τ).
+template <class V, bool COLS>
+void bwd_safe_rows(const TileBwd& t) {
   const typename V::vec a = V::set1(t.inv_tau);
   for (int64_t r = 0; r < t.rows; ++r) {
     float* s = t.S + r * t.lds;
-    const typename V::vec cr = V::set1(t.coef_row[r]), lr = V::set1(t.lse_row[r]);
+    const typename V::vec nsr = V::set1(-t.shift_row[r]), lr = V::set1(t.lam_row[r]),
+                          sr = V::set1(t.sgn_row[r]);
     int64_t j = 0;
     for (; j + V::W <= t.cols; j += V::W) {
-      typename V::vec v = V::mul(V::load(s + j), a);
-      typename V::vec g = V::mul(cr, V::exp(V::sub(v, lr)));
-      g = V::fmadd(V::load(t.coef_col + j), V::exp(V::sub(v, V::load(t.lse_col + j))), g);
+      const typename V::vec x = V::load(s + j);
+      typename V::vec g = V::mul(sr, V::exp(V::sub(V::fmadd(x, a, nsr), lr)));
+      if (COLS) {
+        const typename V::vec ec =
+            V::exp(V::sub(V::fmsub(x, a, V::load(t.shift_col + j)), V::load(t.lam_col + j)));
+        g = V::fmadd(V::load(t.sgn_col + j), ec, g);
+      }
       V::store(s + j, g);
     }
     if (j < t.cols) {
       const int m = static_cast<int>(t.cols - j);
-      typename V::vec v = V::mul(V::loadn(s + j, m), a);
-      typename V::vec g = V::mul(cr, V::exp(V::sub(v, lr)));
-      g = V::fmadd(V::loadn(t.coef_col + j, m), V::exp(V::sub(v, V::loadn(t.lse_col + j, m))), g);
+      const typename V::vec x = V::loadn(s + j, m);
+      typename V::vec g = V::mul(sr, V::exp(V::sub(V::fmadd(x, a, nsr), lr)));
+      if (COLS) {
+        const typename V::vec ec =
+            V::exp(V::sub(V::fmsub(x, a, V::loadn(t.shift_col + j, m)), V::loadn(t.lam_col + j, m)));
+        g = V::fmadd(V::loadn(t.sgn_col + j, m), ec, g);
+      }
       V::storen(s + j, g, m);
     }
-    if (t.diag) s[r] = 0.0f;
+    zero_left_out(t, s, r);
+  }
+}
+
+template <class V>
+void bwd_safe_tile(const TileBwd& t) {
+  if (t.shift_col != nullptr) {
+    bwd_safe_rows<V, true>(t);
+  } else {
+    bwd_safe_rows<V, false>(t);
   }
 }
 

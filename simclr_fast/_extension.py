@@ -75,18 +75,29 @@ def _register_fakes() -> None:
     """Shape-only implementations, so ``torch.compile`` and FakeTensor tracing see through the ops."""
 
     @torch.library.register_fake("simclr_fast::ntxent_fwd_cpu")
-    def _fwd_fake(z: torch.Tensor, row_start: int, row_count: int, inv_tau: float) -> torch.Tensor:
+    def _fwd_fake(
+        z: torch.Tensor,
+        row_start: int,
+        row_count: int,
+        inv_tau: float,
+        shift: torch.Tensor,
+        exclude: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         torch._check(z.dim() == 2, lambda: "z must be 2-D (N, D)")
+        torch._check(shift.dim() == 1, lambda: "shift must be 1-D (row_count,)")
         return z.new_empty((row_count,), dtype=torch.float32)
 
     @torch.library.register_fake("simclr_fast::ntxent_bwd_cpu")
     def _bwd_fake(
         z: torch.Tensor,
-        lse: torch.Tensor,
-        coef: torch.Tensor,
+        shift: torch.Tensor,
+        weight: torch.Tensor,
         row_start: int,
         row_count: int,
         inv_tau: float,
+        exclude: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
         torch._check(z.dim() == 2, lambda: "z must be 2-D (N, D)")
         return z.new_empty((row_count, z.shape[1]), dtype=torch.float32)

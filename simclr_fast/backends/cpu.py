@@ -1,9 +1,15 @@
 """``backend="cpu"``: the fused C++ kernels of ``csrc/`` (the compiled extension ``simclr_fast._C``).
 
-Symmetric tile schedule (``4·N²·D`` FLOPs for forward + backward, two thirds of the naive loss's
-GEMMs), one exponential per pair for ``|τ| >= 0.025``, OpenMP over tiles, ``O(N·D)`` memory; see
-the header comment of ``csrc/ntxent.cpp``. The kernels compute in fp32: bf16/fp16 inputs are
-converted by the autograd layer, fp64 inputs are refused (use ``backend="torch"``).
+Implements the contract of :mod:`simclr_fast.backends.base` (the shifted row log-sum-exp
+``x_k = log Σ_{j∈C(k)} e^{s_kj − shift_k}`` and its gradient), in both column modes: self
+similarity with an optional symmetric ``exclude`` (NT-Xent's positives), and a memory bank of
+``keys`` (rectangular query × key tiles, no self-mask, ``O(B·D + K·D)`` memory).
+
+Self mode uses the symmetric tile schedule (``4·N²·D`` FLOPs for forward + backward, two thirds of
+the naive loss's GEMMs), one exponential per pair for ``|τ| >= 0.025`` on normalized rows, OpenMP
+over tiles, ``O(N·D)`` memory; ``x`` is assembled in fp64 so nothing of size ``1/τ`` cancels in
+fp32. See the header comment of ``csrc/ntxent.cpp``. The kernels compute in fp32: bf16/fp16 inputs
+are converted by the autograd layer, fp64 inputs are refused (use ``backend="torch"``).
 
 The ops are registered with torch (``torch.ops.simclr_fast.ntxent_fwd_cpu`` / ``ntxent_bwd_cpu``)
 with fake implementations, so ``torch.compile(fullgraph=True)`` traces through them.
@@ -41,17 +47,32 @@ class CPUBackend(Backend):
         return torch.float32
 
     def forward_lse(
-        self, z: torch.Tensor, row_start: int, row_count: int, inv_tau: float
+        self,
+        z: torch.Tensor,
+        row_start: int,
+        row_count: int,
+        inv_tau: float,
+        shift: torch.Tensor,
+        exclude: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return torch.ops.simclr_fast.ntxent_fwd_cpu(z, row_start, row_count, inv_tau)
+        return torch.ops.simclr_fast.ntxent_fwd_cpu(
+            z, row_start, row_count, inv_tau, shift, exclude, keys
+        )
 
     def backward_rows(
         self,
         z: torch.Tensor,
-        lse: torch.Tensor,
-        coef: torch.Tensor,
+        shift: torch.Tensor,
+        x: torch.Tensor,
+        weight: torch.Tensor,
         row_start: int,
         row_count: int,
         inv_tau: float,
+        exclude: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return torch.ops.simclr_fast.ntxent_bwd_cpu(z, lse, coef, row_start, row_count, inv_tau)
+        # ``x`` is not needed here: the fp32 G tile holds weight · e^{s − shift} at full range.
+        return torch.ops.simclr_fast.ntxent_bwd_cpu(
+            z, shift, weight, row_start, row_count, inv_tau, exclude, keys
+        )
