@@ -39,6 +39,21 @@ def loss_and_grads(fn, out0: torch.Tensor, out1: torch.Tensor):
     return loss.detach(), ga, gb
 
 
+# pytest-timeout (in .[dev]) gives every test the `timeout` of pyproject.toml and reads the
+# per-test `@pytest.mark.timeout(seconds)` of tests that start processes. In an environment
+# installed before it was added, the option and the marks must still be known (--strict-markers).
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if not pluginmanager.hasplugin("timeout"):
+        parser.addini("timeout", "per-test timeout in seconds (needs pytest-timeout)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.hasplugin("timeout"):
+        config.addinivalue_line(
+            "markers", "timeout(seconds): fail the test after this many seconds (pytest-timeout)"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
