@@ -20,6 +20,10 @@ COMMANDS = {
         "simclr_fast.check_kernels",
         "compile every Triton kernel for sm_80/sm_90 and report resources",
     ),
+    "gpu-check": (
+        "simclr_fast.gpu_check",
+        "first run on a GPU box: correctness vs fp64, repeatability, timings (--dry-run: CPU)",
+    ),
     "train": ("simclr_fast.train.cli", "train SimCLR with the reference loop (digits by default)"),
 }
 
