@@ -6,28 +6,32 @@ rank, into ``z`` (``2BW × D``), so rank ``r`` owns rows ``z[r·2B : (r+1)·2B]`
 lies in its own rank's block. Rank ``r`` returns the mean over its own ``2B`` rows of
 ``lse_i − s_{i,pos(i)}`` against all ``2BW`` columns (lightly's convention: after DDP averages the
 gradients, the parameters get exactly the gradient of the single-process loss on the global
-batch). DESIGN.md §3.
+batch). docs/design.md §3.
 
 The gradient rank ``r`` needs on its local rows is the sum over **all** ranks ``q`` of
-``g_q · d loss_q / d z_r``, where ``g_q`` is the ``grad_output`` on rank ``q``. With ``G`` the
-symmetric matrix of DESIGN.md §2 (``G_ik = e^{s_ik}·(coef_i e^{−lse_i} + coef_k e^{−lse_k})``)::
+``g_q · d loss_q / d z_r``, where ``g_q`` is the ``grad_output`` on rank ``q``. Every loss is built
+on the shifted row log-sum-exp of :mod:`simclr_fast.backends.base` (for NT-Xent
+``x_k = log Σ_{j∉{k,pos(k)}} e^{s_kj − s_k,pos}``, row loss ``softplus(x_k)``), whose backward is::
 
-    coef_j  = g_{rank(j)} / 2B                          for all 2BW global rows
-    dz_k    = inv_tau · [ Σ_{j≠k} G_kj z_j − (coef_k + coef_pos(k)) z_pos(k) ]     k local
+    dz_k = inv_tau · Σ_{j∈C(k)} (w_k e^{s_kj − shift_k} + w_j e^{s_kj − shift_j}) z_j     k local
+    w_j  = ∂L_{rank(j)}/∂x_j · e^{−x_j}                                for all 2BW global rows
 
-Row ``k``'s own term needs ``lse_k``; every other row ``j`` that uses ``z_k`` as a negative
-needs ``lse_j`` and ``g_{rank(j)}``. So the backward all-gathers ``2B + 1`` numbers per rank (the
-row log-sum-exps and the rank's ``grad_output``) and recomputes locally, with the backend's
-``backward_rows``, every tile touching the local rows: no all_reduce / reduce_scatter of
-embedding-sized tensors. A layer that all-gathers with gradient (and lets autograd differentiate
-the gathered columns) instead all-reduces ``2BW × D`` numbers in the backward.
+Row ``k``'s own term needs its own shift and weight; every other row ``j`` that uses ``z_k`` as a
+negative needs ``shift_j`` and ``w_j`` (which carries rank ``j``'s ``grad_output``). So the
+backward all-gathers ``3 · 2B`` numbers per rank (shifts, ``x`` and weights) and recomputes
+locally, with the backend's ``backward_rows``, every tile touching the local rows: no all_reduce /
+reduce_scatter of embedding-sized tensors
+(:class:`simclr_fast._function.GatheredRowLSE`). The positive pair lies in the rank's own block,
+so its gradient (through the shift) stays local. A layer that all-gathers with gradient (and lets
+autograd differentiate the gathered columns) instead all-reduces ``2BW × D`` numbers in the
+backward.
 
 Collectives per call, on the default group (or ``group``), in this order on every rank:
 
 1. forward: all_gather of 5 int64 (``B, D``, dtype, device type, τ) so that mismatched ranks all
    raise instead of hanging;
 2. forward: all_gather of the ``2B × D`` normalized local rows (in the backend's kernel dtype);
-3. backward: all_gather of ``2B + 1`` floats.
+3. backward: all_gather of ``3 · 2B`` floats.
 
 ``backend="reference"`` is the naive oracle: the ``2B × 2BW`` logits are materialized and
 autograd differentiates them through :class:`GatherWithGrad` (all_gather forward, all_reduce of
@@ -46,19 +50,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from simclr_fast import backends
-from simclr_fast._function import positive_logits, subtract_positive_term
-from simclr_fast.backends.base import Backend
+from simclr_fast._function import _all_gather_into
 from simclr_fast.reference import nt_xent_reference_rows
 
 _DTYPE_CODES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _DEVICE_CODES = ("cpu", "cuda", "xpu", "mps", "hpu", "meta")
-
-
-def _all_gather_into(output: torch.Tensor, local: torch.Tensor, group) -> None:
-    """``output = cat over ranks of local`` with one collective (torch's single-tensor all_gather)."""
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(output, local, group=group)
 
 
 def _check_process_group(group) -> tuple[int, int]:
@@ -116,7 +112,9 @@ def check_ranks_agree(out0: torch.Tensor, temperature: float, group=None) -> Non
     rank, world = dist.get_rank(group), dist.get_world_size(group)
     dtype_code = _DTYPE_CODES.index(out0.dtype) if out0.dtype in _DTYPE_CODES else -1
     device_code = _DEVICE_CODES.index(out0.device.type) if out0.device.type in _DEVICE_CODES else -1
-    tau_bits = struct.unpack("<q", struct.pack("<d", float(temperature)))[0]
+    # a learnable (tensor) temperature is not read here (a device sync); it is checked as NaN
+    tau = float("nan") if isinstance(temperature, torch.Tensor) else float(temperature)
+    tau_bits = struct.unpack("<q", struct.pack("<d", tau))[0]
     device = _meta_device(group, out0.device)
     local = torch.tensor(
         [out0.shape[0], out0.shape[1], dtype_code, device_code, tau_bits], dtype=torch.int64
@@ -166,81 +164,36 @@ def gather_with_grad(local: torch.Tensor, group=None) -> torch.Tensor:
     return GatherWithGrad.apply(local, group)
 
 
-class GatheredNTXentFunction(torch.autograd.Function):
-    """Rank-local NT-Xent over gathered negatives with the light backward of the module docstring.
-
-    Input: this rank's normalized rows ``z_local`` (``2B × D``, fp32 or fp64). Output: the mean
-    over those rows of ``lse_i − s_{i,pos(i)}`` against the rows of every rank.
-    """
-
-    @staticmethod
-    def forward(
-        ctx,
-        z_local: torch.Tensor,
-        backend: Backend,
-        inv_tau: float,
-        kernel_dtype: torch.dtype,
-        group,
-    ):
-        rank, world = dist.get_rank(group), dist.get_world_size(group)
-        n = z_local.shape[0]
-        zk_local = z_local.to(kernel_dtype).contiguous()
-        z = zk_local.new_empty((world * n, zk_local.shape[1]))
-        _all_gather_into(z, zk_local, group)
-        lse = backend.forward_lse(z, rank * n, n, inv_tau)
-        loss = (lse.to(z_local.dtype) - positive_logits(z_local, n // 2, inv_tau)).mean()
-        ctx.save_for_backward(z_local, z, lse)
-        ctx.backend, ctx.inv_tau, ctx.group = backend, inv_tau, group
-        ctx.rank, ctx.world = rank, world
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        z_local, z, lse = ctx.saved_tensors
-        n, rank, world = z_local.shape[0], ctx.rank, ctx.world
-        # One all_gather of [lse (2B); grad_output] per rank: 2B + 1 numbers.
-        packed = torch.cat([lse, grad_out.detach().reshape(1).to(lse.dtype)])
-        gathered = packed.new_empty(world * (n + 1))
-        _all_gather_into(gathered, packed, ctx.group)
-        gathered = gathered.view(world, n + 1)
-        lse_all = gathered[:, :n].reshape(-1).contiguous()
-        coef_rank = gathered[:, n] / n
-        coef_all = coef_rank.repeat_interleave(n).contiguous()
-        dz = ctx.backend.backward_rows(z, lse_all, coef_all, rank * n, n, ctx.inv_tau).to(
-            z_local.dtype
-        )
-        # Positive pairs: both ends are local, both rows carry this rank's coef.
-        coef = coef_rank[rank].to(z_local.dtype)
-        subtract_positive_term(dz, z_local, 2 * ctx.inv_tau * coef)
-        return dz, None, None, None, None
-
-
 def gathered_nt_xent(
     out0: torch.Tensor,
     out1: torch.Tensor,
-    temperature: float,
+    temperature: float | torch.Tensor,
     backend: str,
+    compute: torch.dtype,
+    kernel_dtype: torch.dtype,
     group: dist.ProcessGroup | None = None,
 ) -> torch.Tensor:
     """This rank's NT-Xent with negatives from every rank of ``group`` (default: the default group).
 
-    Called by :func:`simclr_fast.nt_xent` with ``gather_distributed=True`` after the inputs and the
-    temperature were checked and ``backend`` resolved. The loss is the mean over this rank's ``2B``
-    rows; averaging the gradients over ranks (DDP) gives the single-process gradient of the global
-    batch of ``B·W`` pairs. A world of one gives the single-process loss.
+    Called by :func:`simclr_fast.nt_xent` with ``gather_distributed=True`` and more than one
+    process, after the inputs and the temperature were checked and ``backend`` resolved. The loss
+    is the mean over this rank's ``2B`` rows; averaging the gradients over ranks (DDP) gives the
+    single-process gradient of the global batch of ``B·W`` pairs.
 
     Args:
         out0: This rank's first-view embeddings.
         out1: This rank's second-view embeddings.
-        temperature: τ (already validated).
+        temperature: τ (already validated): a number, or a 0-dim tensor to learn.
         backend: A resolved backend name: ``"reference"``, ``"torch"``, ``"cpu"`` or ``"triton"``.
+        compute: The compute dtype (fp32, or fp64 for fp64 inputs).
+        kernel_dtype: The dtype the backend's kernels read ``z`` in.
         group: The process group to gather over; ``None`` for the default group.
 
     Shape:
         out0, out1: ``(B, D)``, the same ``B`` and ``D`` on every rank. Output: scalar.
 
     Returns:
-        The rank-local loss, fp32 (fp64 for fp64 inputs).
+        The rank-local loss, in ``compute``.
 
     Raises:
         RuntimeError: no initialized process group, or an NCCL group with non-CUDA inputs.
@@ -249,14 +202,17 @@ def gathered_nt_xent(
 
     Examples:
         >>> import torch, torch.distributed as dist
+        >>> from simclr_fast.distributed import gathered_nt_xent
         >>> from simclr_fast import nt_xent
         >>> dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
         >>> out0, out1 = torch.randn(4, 8), torch.randn(4, 8)
-        >>> a = nt_xent(out0, out1, gather_distributed=True, backend="torch")
+        >>> a = gathered_nt_xent(out0, out1, 0.5, "torch", torch.float32, torch.float32)
         >>> torch.allclose(a, nt_xent(out0, out1, backend="torch"))
         True
         >>> dist.destroy_process_group()
     """
+    from simclr_fast.functional import nt_xent_rows
+
     rank, _ = _check_process_group(group)
     check_ranks_agree(out0, temperature, group)
     if (
@@ -266,15 +222,10 @@ def gathered_nt_xent(
             f"the process group uses NCCL, which needs CUDA tensors, but the embeddings are on "
             f"{out0.device}; move the model to this rank's GPU or use a gloo process group"
         )
-    compute = torch.float64 if out0.dtype == torch.float64 else torch.float32
+    z_local = F.normalize(torch.cat([out0.to(compute), out1.to(compute)]), dim=1)
+    n = z_local.shape[0]
     if backend == "reference":
-        z_local = F.normalize(torch.cat([out0, out1]), dim=1)
-        n = z_local.shape[0]
         return nt_xent_reference_rows(
             gather_with_grad(z_local, group), rank * n, n, temperature
         ).to(compute)
-    impl = backends.get_backend(backend)
-    z_local = F.normalize(torch.cat([out0, out1]).to(compute), dim=1)
-    return GatheredNTXentFunction.apply(
-        z_local, impl, 1.0 / temperature, impl.kernel_dtype(out0.dtype), group
-    )
+    return nt_xent_rows(z_local, rank * n, n, temperature, backend, kernel_dtype, True, group)

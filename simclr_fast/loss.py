@@ -16,11 +16,14 @@ class NTXentLoss(nn.Module):
     normalized embeddings and one log-sum-exp per row and recompute tiles in the backward.
 
     Args:
-        temperature: τ, scales the similarities by ``1/τ``; ``abs(τ) >= 1e-8``, negative allowed.
+        temperature: τ, scales the similarities by ``1/τ``; ``abs(τ) >= 1e-8``, negative allowed;
+            or a positive 0-dim tensor (e.g. an ``nn.Parameter``) to learn it.
         memory_bank_size: accepted for drop-in compatibility with lightly; only ``0`` (SimCLR, no
             memory bank) is supported.
         gather_distributed: gather negatives from all processes of the default
-            ``torch.distributed`` group, with exact gradients (DESIGN.md §3).
+            ``torch.distributed`` group, with exact gradients (docs/design.md §3). Without an
+            initialized process group (or with one process) the loss is the local one, as in
+            lightly.
         backend: ``"auto"``, ``"reference"``, ``"torch"``, ``"cpu"`` or ``"triton"``; see
             :func:`simclr_fast.nt_xent`.
 
@@ -28,7 +31,8 @@ class NTXentLoss(nn.Module):
         out0, out1: ``(B, D)``. Output: scalar (fp32; fp64 for fp64 inputs).
 
     Raises:
-        ValueError: ``abs(temperature) < 1e-8``, a non-zero ``memory_bank_size`` or an unknown backend.
+        ValueError: ``abs(temperature) < 1e-8``, a non-zero ``memory_bank_size``, an unknown backend,
+            or ``gather_distributed=True`` where ``torch.distributed`` is not available.
         TypeError: arguments of the wrong type.
 
     Examples:
@@ -63,6 +67,11 @@ class NTXentLoss(nn.Module):
         if not isinstance(gather_distributed, bool):
             raise TypeError(
                 f"gather_distributed must be a bool, got {type(gather_distributed).__name__}"
+            )
+        if gather_distributed and not torch.distributed.is_available():
+            raise ValueError(
+                "gather_distributed=True needs torch.distributed, which this PyTorch build lacks; "
+                "use gather_distributed=False"
             )
         if backend not in backends.BACKENDS:
             raise ValueError(f"backend must be one of {backends.BACKENDS}, got {backend!r}")

@@ -40,6 +40,34 @@ def nt_xent_reference(
     return nt_xent_reference_rows(z, 0, z.shape[0], temperature)
 
 
+def nt_xent_exact(out0: torch.Tensor, out1: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent in a cancellation-free form, materialized: the tests' oracle for peaked cases.
+
+    Each row is ``softplus(log Σ_{j∉{i,pos(i)}} e^{s_ij − s_i,pos}) = log(1 + S_i)``
+    (docs/design.md §9): where the positive dominates, the naive ``logsumexp − s_pos`` subtracts two
+    numbers of size ``~1/τ`` and loses a loss of 1e-12 even in fp64, this form keeps it. Autograd's
+    gradient of it is cancellation-free too (the positive's coefficient is ``−sigmoid(x)``). Call
+    it in fp64 as the reference; it materializes ``(2B, 2B)`` like :func:`nt_xent_reference`.
+
+    Examples:
+        >>> import torch
+        >>> from simclr_fast.reference import nt_xent_exact, nt_xent_reference
+        >>> a = torch.randn(4, 8, dtype=torch.float64); b = torch.randn(4, 8, dtype=torch.float64)
+        >>> torch.allclose(nt_xent_exact(a, b), nt_xent_reference(a, b))
+        True
+    """
+    z = F.normalize(torch.cat([out0, out1]), dim=1)
+    n = z.shape[0]
+    b = n // 2
+    s = z @ z.T / temperature
+    pos = (torch.arange(n, device=z.device) + b) % n
+    s_pos = s[torch.arange(n, device=z.device), pos]
+    mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    mask[torch.arange(n, device=z.device), pos] = True
+    x = torch.logsumexp((s - s_pos[:, None]).masked_fill(mask, float("-inf")), dim=1)
+    return F.softplus(x).mean()
+
+
 def nt_xent_reference_rows(
     z: torch.Tensor, row_start: int, row_count: int, temperature: float
 ) -> torch.Tensor:

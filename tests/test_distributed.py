@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import cpu_backends, loss_and_grads
 from torch import nn
 
 import simclr_fast
@@ -195,6 +196,8 @@ def _check_traffic(rank: int, world: int, b: int = 3, d: int = 5) -> None:
     from simclr_fast.bench.dist import traffic_bytes
 
     calls: list[tuple[str, int, int]] = []
+    from simclr_fast import _function as sf
+
     gather, reduce = sd._all_gather_into, dist.all_reduce
 
     def counting_gather(out, local, group):
@@ -212,7 +215,8 @@ def _check_traffic(rank: int, world: int, b: int = 3, d: int = 5) -> None:
         )
 
     x = _global_batch(world, b, d, torch.float32, seed=4)[rank]
-    sd._all_gather_into, dist.all_reduce = counting_gather, counting_reduce
+    sd._all_gather_into = sf._all_gather_into = counting_gather
+    dist.all_reduce = counting_reduce
     try:
         for name in _backends():
             a, c = x[0].clone().requires_grad_(True), x[1].clone().requires_grad_(True)
@@ -225,13 +229,14 @@ def _check_traffic(rank: int, world: int, b: int = 3, d: int = 5) -> None:
             method = "gather-layer" if name == "reference" else "fused"
             if method == "fused":
                 assert fwd == [("all_gather", 5, 8), ("all_gather", 2 * b * d, 4)], (name, fwd)
-                assert bwd == [("all_gather", 2 * b + 1, 4)], (name, bwd)
+                assert bwd == [("all_gather", 3 * 2 * b, 4)], (name, bwd)
             else:
                 assert bwd == [("all_reduce", world * 2 * b * d, 4)], (name, bwd)
             expected = traffic_bytes(method, world, b, d)
             assert sent(fwd) == expected["fwd"] and sent(bwd) == expected["bwd"], (name, fwd, bwd)
     finally:
-        sd._all_gather_into, dist.all_reduce = gather, reduce
+        sd._all_gather_into = sf._all_gather_into = gather
+        dist.all_reduce = reduce
 
 
 def _world_checks(rank: int, world: int, port: int, bad_rank: int, field: str) -> None:
@@ -282,11 +287,27 @@ def test_world_of_one_equals_single_process():
         dist.destroy_process_group()
 
 
-def test_without_process_group_raises():
+def test_without_process_group_is_the_local_loss():
+    """lightly's behaviour: gather_distributed=True in one process (a notebook, one GPU, Lightning
+    on one device) computes the local loss, value and gradients, on every backend."""
     if dist.is_initialized():
         pytest.skip("another test left a process group initialized in this process")
     x = torch.randn(2, 4, 8)
-    with pytest.raises(RuntimeError, match="init_process_group"):
-        nt_xent(x[0], x[1], gather_distributed=True)
-    with pytest.raises(RuntimeError, match="gather_distributed=False"):
-        NTXentLoss(gather_distributed=True)(x[0], x[1])
+    for name in ["reference", *cpu_backends()]:
+        got = loss_and_grads(
+            lambda a, b, be=name: nt_xent(a, b, TAU, backend=be, gather_distributed=True),
+            x[0],
+            x[1],
+        )
+        want = loss_and_grads(lambda a, b, be=name: nt_xent(a, b, TAU, backend=be), x[0], x[1])
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+        module = NTXentLoss(temperature=TAU, gather_distributed=True, backend=name)
+        torch.testing.assert_close(module(x[0], x[1]), want[0], rtol=0, atol=0)
+
+
+def test_constructor_raises_without_torch_distributed(monkeypatch):
+    monkeypatch.setattr(dist, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="torch.distributed"):
+        NTXentLoss(gather_distributed=True)
+    NTXentLoss(gather_distributed=False)  # no distributed needed

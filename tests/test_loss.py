@@ -172,7 +172,6 @@ def test_bad_temperature(tau, exc, match):
         (torch.randn(4, 3), torch.randn(4, 3, 1), ValueError, "out1 must be 2-D"),
         (torch.randn(4, 3), torch.randn(5, 3), ValueError, "same shape"),
         (torch.randn(4, 3), torch.randn(4, 2), ValueError, "same shape"),
-        (torch.randn(4, 3), torch.randn(4, 3).double(), ValueError, "same dtype"),
         (torch.randn(4, 3), torch.randn(4, 3, device="meta"), ValueError, "same device"),
         (
             torch.ones(4, 3, dtype=torch.int64),
@@ -215,3 +214,17 @@ def test_backend_that_cannot_run_says_why(backend):
     x = torch.randn(4, 8, device="meta")
     with pytest.raises(RuntimeError, match=f"backend='{backend}' cannot run"):
         nt_xent(x, x, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", *cpu_backends()])
+@pytest.mark.parametrize("dtype1", [torch.bfloat16, torch.float16, torch.float64])
+def test_mixed_dtypes_compute_in_fp32(backend, dtype1):
+    """NNCLR passes fp32 bank rows next to bf16 activations: computed in fp32, not refused."""
+    a, b = torch.randn(6, 16), torch.randn(6, 16).to(dtype1)
+    got = loss_and_grads(lambda x, y: nt_xent(x, y, 0.2, backend=backend), a, b)
+    want = loss_and_grads(lambda x, y: nt_xent_reference(x, y.float(), 0.2), a.double(), b.double())
+    assert got[0].dtype == torch.float32
+    assert got[1].dtype == torch.float32 and got[2].dtype == dtype1
+    torch.testing.assert_close(got[0].double(), want[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1].double(), want[1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got[2].double(), want[2].to(dtype1).double(), rtol=1e-2, atol=1e-3)

@@ -4,8 +4,9 @@ Two ways to give every rank the negatives of all ranks with exact gradients are 
 
 ``fused/<backend>``
     :func:`simclr_fast.distributed.gathered_nt_xent`: forward all_gathers the ``2B × D``
-    normalized local rows; backward all_gathers ``2B + 1`` floats per rank (row log-sum-exps and
-    the rank's ``grad_output``) and recomputes the local tiles.
+    normalized local rows; backward all_gathers ``3 · 2B`` floats per rank (each row's shift,
+    log-sum-exp and weight, the weight carrying the rank's ``grad_output``) and recomputes the
+    local tiles.
 ``gather-layer/naive``
     An all_gather whose backward all-reduces the gradient of the whole gathered ``2BW × D``
     tensor (:class:`simclr_fast.distributed.GatherWithGrad`: the same traffic as a layer that
@@ -97,8 +98,8 @@ def traffic_bytes(method: str, world: int, b: int, d: int, elem: int = 4) -> dic
     element (4 for fp32). Returns ``{"fwd": ..., "bwd": ..., "total": ...}``.
 
     Examples:
-        >>> traffic_bytes("fused", world=2, b=4, d=8)["bwd"]  # 2B + 1 floats from the other rank
-        36.0
+        >>> traffic_bytes("fused", world=2, b=4, d=8)["bwd"]  # 3·2B floats from the other rank
+        96.0
         >>> traffic_bytes("gather-layer", world=2, b=4, d=8)["bwd"]  # all_reduce of 2·8·8 floats
         512.0
     """
@@ -106,7 +107,7 @@ def traffic_bytes(method: str, world: int, b: int, d: int, elem: int = 4) -> dic
     meta = (world - 1) * 5 * 8
     fwd = meta + (world - 1) * n * d * elem
     if method == "fused":
-        bwd = (world - 1) * (n + 1) * elem
+        bwd = (world - 1) * 3 * n * elem
     elif method == "gather-layer":
         bwd = 2 * (world - 1) / world * (world * n * d * elem)
     else:
@@ -163,7 +164,7 @@ def _comm_step(method: str, world: int, b: int, d: int):
     n = 2 * b
     meta, meta_all = torch.zeros(5, dtype=torch.int64), torch.empty(5 * world, dtype=torch.int64)
     z, z_all = torch.randn(n, d), torch.empty(world * n, d)
-    small, small_all = torch.randn(n + 1), torch.empty(world * (n + 1))
+    small, small_all = torch.randn(3 * n), torch.empty(world * 3 * n)
     grad = torch.randn(world * n, d)
 
     def step() -> list[float]:
