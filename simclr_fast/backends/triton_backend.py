@@ -1,10 +1,24 @@
 """``backend="triton"``: launchers for the fused Triton kernels and their ``torch.library`` ops.
 
 Layers (STYLE.md): the kernels live in :mod:`simclr_fast.backends.triton_kernels`; this module owns
-the host work (validation, tile choice, allocation, launch) and registers two opaque ops,
-``simclr_fast::ntxent_fwd_triton`` and ``simclr_fast::ntxent_bwd_triton``, with fake (meta)
-implementations so ``torch.compile(fullgraph=True)`` traces through :class:`TritonBackend` without
-a graph break. The autograd layer over them is :class:`simclr_fast._function.NTXentFunction`.
+the host work and registers two opaque ops, ``simclr_fast::ntxent_fwd_triton`` and
+``simclr_fast::ntxent_bwd_triton`` (the contract of :mod:`simclr_fast.backends.base`: ``shift``,
+``exclude`` and ``keys``), with fake (meta) implementations so ``torch.compile(fullgraph=True)``
+traces through :class:`TritonBackend` without a graph break.
+
+Host work, per launch, with no host-device sync:
+
+- validation (``ValueError``/``TypeError`` naming the argument and the fix);
+- operand dtype: fp16/bf16 as given; fp32 follows ``torch.get_float32_matmul_precision()``
+  (:func:`kernel_operand_dtype`: ``"highest"`` exact fp32, else fp16 operands on tensor cores);
+- tiles (:func:`pick_config`; :func:`all_configs` and :func:`launch_flags` list every variant
+  the launchers can launch) and the column split (:func:`pick_parts`) for small row grids;
+- the backward's per-row and per-column factors (:func:`_backward_factors`, in fp64 on the device)
+  that give one exponential per element and a per-row scaling of the 16-bit ``G`` tile;
+- the launch itself, inside ``torch.cuda.device(z.device)``: Triton launches on the *current*
+  device and its stream, not on the tensors' device;
+- the combination of the column parts in a fixed order, and the forward's ``x = ln Σ + (C − shift)``
+  in fp64 (no fp32 subtraction of two ``~1/τ``-sized numbers).
 
 The ops are ``torch.library.custom_op`` rather than ``triton_op``: ``triton_op`` needs the kernels to
 be ``JITFunction`` objects that Inductor can trace, which rules out the interpreter path the CPU CI
