@@ -8,9 +8,9 @@ sm_90 bf16 at D = 128, the launched forward has 59 registers, 80 KiB of shared m
 ``cp.async`` pipeline; the same kernel with only its pointers and strides marked has 78 registers,
 49 KiB and unpipelined scalar loads). So nothing here restates kernel signatures:
 
-1. **Capture.** For every reported ``(dtype, D, precision)`` the public loss
+1. **Capture.** For every reported ``(τ, dtype, D, precision)`` the public loss
    (``simclr_fast.nt_xent(..., backend="triton")``, forward and backward) runs on CPU probe tensors
-   of the reported shape (``2B = --n`` rows, ``D`` columns) with ``JITFunction.run`` replaced by a
+   of the reported shape (``2B = --n`` rows, ``D`` columns, temperature ``τ``) with ``JITFunction.run`` replaced by a
    recorder: every kernel launch, whichever launcher makes it, is recorded with its positional
    arguments, constexprs and options, and nothing executes. The probe tensors are real (small)
    allocations: the specialization depends on the integers' divisibility and the pointers'
@@ -25,7 +25,7 @@ One row per launch × architecture:
 
 ``kernel``              the launched kernel, named from its function (``_ntxent_fwd_kernel`` →
                         ``forward``, ``_ntxent_bwd_kernel`` → ``backward``; others likewise);
-``arch``, ``dtype``, ``D``, ``precision``
+``arch``, ``dtype``, ``D``, ``temperature``, ``precision``
                         the target and the reported case; ``precision`` is
                         ``torch.get_float32_matmul_precision()`` during the probe for fp32 inputs
                         (``"highest"`` or ``"high"``), ``"-"`` for fp16/bf16;
@@ -85,6 +85,9 @@ FP32_PRECISIONS = ("highest", "high")
 DEFAULT_D = (64, 100, 128, 256)
 #: Rows of the probe (2B): realistic, divisible by 16 as almost every real batch is.
 DEFAULT_N = 8192
+#: Temperatures probed: the launchers pick kernel modes from τ (a fixed-shift fast path for
+#: moderate ``1/|τ|``), so τ is part of what is launched. 0.1 is SimCLR's usual range (0.05-0.5).
+DEFAULT_TEMPERATURE = (0.1,)
 #: Largest dynamic shared memory one block may use (opt-in maximum): A100 (sm_80) 163 KiB,
 #: H100 (sm_90) 227 KiB (CUDA C Programming Guide, compute capability table).
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -123,6 +126,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"rows of the probe batch, 2B (default: {DEFAULT_N})",
     )
     parser.add_argument(
+        "--temperature",
+        nargs="+",
+        type=float,
+        default=list(DEFAULT_TEMPERATURE),
+        metavar="TAU",
+        help="temperatures of the probe losses (default: 0.1; 0.01 shows the launchers' "
+        "online-max path)",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=min(2, os.cpu_count() or 1),
@@ -144,6 +156,11 @@ def _check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--d must be >= 1, got {d}; pass embedding widths such as 64 128")
     if args.n < 2 or args.n % 2:
         raise ValueError(f"--n is 2B, an even number >= 2, got {args.n}; e.g. --n 8192")
+    for tau in args.temperature:
+        if not (abs(tau) >= 1e-8 and math.isfinite(tau)):
+            raise ValueError(
+                f"--temperature must be finite with |τ| >= 1e-8, got {tau}; e.g. --temperature 0.1"
+            )
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
 
@@ -254,7 +271,7 @@ def _specialize(fn, args: tuple, kwargs: dict, cc: int) -> dict:
 def probe(case: dict) -> list[dict]:
     """Compile specs of every kernel launch of one loss forward + backward (runs in a worker).
 
-    ``case``: ``dtype`` label, ``d``, ``n`` (2B), ``precision`` and ``archs`` (labels).
+    ``case``: ``dtype`` label, ``d``, ``n`` (2B), ``temperature``, ``precision`` and ``archs``.
     """
     import torch
 
@@ -271,7 +288,9 @@ def probe(case: dict) -> list[dict]:
         try:
             if case["precision"] != "-":
                 torch.set_float32_matmul_precision(case["precision"])
-            loss = simclr_fast.nt_xent(out0, out1, temperature=0.5, backend="triton")
+            loss = simclr_fast.nt_xent(
+                out0, out1, temperature=case["temperature"], backend="triton"
+            )
             loss.backward()
         finally:
             torch.set_float32_matmul_precision(saved)
@@ -286,6 +305,7 @@ def probe(case: dict) -> list[dict]:
                 dtype=case["dtype"],
                 D=case["d"],
                 N=case["n"],
+                temperature=case["temperature"],
                 precision=case["precision"],
             )
             specs.append(spec)
@@ -427,6 +447,7 @@ def compile_one(spec: dict) -> dict:
         precision=spec["precision"],
         specialization="launched",
         N=spec["N"],
+        temperature=spec["temperature"],
         block_m=named.get("BLOCK_M"),
         block_n=named.get("BLOCK_N"),
         num_warps=opts.get("num_warps"),
@@ -516,12 +537,22 @@ def verdict(row: dict, enforce_goal: bool = ENFORCE_IPE_GOAL) -> str:
 
 
 def plan(args: argparse.Namespace) -> list[dict]:
-    """The probe cases: one per (dtype, D, precision), each probed for every architecture."""
+    """The probe cases: one per (τ, dtype, D, precision), each probed for every architecture."""
     cases = []
-    for dtype in args.dtype:
-        for d in args.d:
-            for precision in FP32_PRECISIONS if dtype == "fp32" else ("-",):
-                cases.append(dict(dtype=dtype, d=d, n=args.n, precision=precision, archs=args.arch))
+    for tau in args.temperature:
+        for dtype in args.dtype:
+            for d in args.d:
+                for precision in FP32_PRECISIONS if dtype == "fp32" else ("-",):
+                    cases.append(
+                        dict(
+                            dtype=dtype,
+                            d=d,
+                            n=args.n,
+                            temperature=tau,
+                            precision=precision,
+                            archs=args.arch,
+                        )
+                    )
     return cases
 
 
@@ -535,6 +566,7 @@ _COLUMNS = (
     ("arch", 5),
     ("dtype", 5),
     ("D", 4),
+    ("temperature", 5),
     ("precision", 9),
     ("block_m", 4),
     ("block_n", 4),
@@ -546,7 +578,13 @@ _COLUMNS = (
     ("tensor_core", 24),
     ("instrs_per_element", 6),
 )
-_HEADERS = {"block_m": "BM", "block_n": "BN", "num_warps": "w", "num_stages": "s"}
+_HEADERS = {
+    "temperature": "tau",
+    "block_m": "BM",
+    "block_n": "BN",
+    "num_warps": "w",
+    "num_stages": "s",
+}
 _HEADERS.update(smem_bytes="smem", instrs_per_element="i/el", tensor_core="tensor core in hot loop")
 
 
@@ -591,7 +629,12 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for spec in specs:
         row = dict(compiled[_compile_key(spec)])
-        row.update(dtype=spec["dtype"], D=spec["D"], precision=spec["precision"])
+        row.update(
+            dtype=spec["dtype"],
+            D=spec["D"],
+            temperature=spec["temperature"],
+            precision=spec["precision"],
+        )
         row["status"] = verdict(row)
         rows.append(row)
     failures = sum(row["status"] != "ok" for row in rows)

@@ -110,7 +110,12 @@ def test_json_to_stdout_table_to_stderr(capsys):
 
 @pytest.mark.parametrize(
     "argv, needle",
-    [(["--d", "0"], "--d must be >= 1"), (["--n", "7"], "--n is 2B"), (["--jobs", "0"], "--jobs")],
+    [
+        (["--d", "0"], "--d must be >= 1"),
+        (["--n", "7"], "--n is 2B"),
+        (["--jobs", "0"], "--jobs"),
+        (["--temperature", "0"], "--temperature must be"),
+    ],
 )
 def test_bad_arguments_raise_naming_the_argument(argv, needle):
     with pytest.raises(ValueError, match=needle):
