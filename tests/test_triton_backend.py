@@ -551,6 +551,61 @@ def test_backward_launcher_rejects_bad_vectors():
         triton_backend.ntxent_bwd(z, ok[:2], ok[:2], ok, 1, 2, 2.0, keys=z)
 
 
+def test_launch_runs_on_the_tensors_cuda_device():
+    """Triton launches on the current CUDA device: the guard makes z's device current."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        z = torch.empty(4, 4, device="cuda:1")
+    guard = triton_backend._device_guard(z)
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+
+
+class _Recorder:
+    """Stands in for a kernel: records ``kernel[grid](*args, **meta)`` and runs nothing."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: self.launches.append((grid, meta))
+
+
+@interpreted
+def test_every_launch_is_a_listed_variant(monkeypatch):
+    """What the launchers launch is covered by all_configs() x launch_flags() (the list the
+    ahead-of-time check compiles)."""
+    fwd, bwd = _Recorder(), _Recorder()
+    monkeypatch.setattr(triton_backend, "interpreting", lambda: True)
+    monkeypatch.setattr(triton_backend.triton_kernels, "_ntxent_fwd_kernel", fwd)
+    monkeypatch.setattr(triton_backend.triton_kernels, "_ntxent_bwd_kernel", bwd)
+    flags = triton_backend.launch_flags()
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for d in (8, 100, 300):
+            z = F.normalize(torch.randn(40, d), dim=1).to(dtype)
+            v = torch.zeros(40)
+            pos = _positive(40)
+            for inv_tau in (2.0, 100.0):
+                for excl, keys, vec in ((pos, None, v), (None, None, v), (None, z, v)):
+                    triton_backend.ntxent_fwd(z, 0, 40, inv_tau, v, excl, keys)
+                    triton_backend.ntxent_bwd(z, vec, vec, vec, 0, 40, inv_tau, excl, keys)
+    for kernel, rec in (("fwd", fwd), ("bwd", bwd)):
+        assert len(rec.launches) == 3 * 3 * 2 * 3
+        for _, meta in rec.launches:
+            assert {k: meta[k] for k in ("FIXED_SHIFT", "HAS_KEYS", "HAS_EXCLUDE")} in flags
+            cfg = triton_backend.KernelConfig(
+                meta["BLOCK_M"],
+                meta["BLOCK_N"],
+                meta["BLOCK_D"],
+                meta["SINGLE_D"],
+                meta["num_warps"],
+                meta["num_stages"],
+            )
+            assert any(
+                cfg in triton_backend.all_configs(kernel, t) for t in triton_backend.KERNEL_DTYPES
+            )
+
+
 # ---- torch.library registration and torch.compile ----------------------------------------------
 
 
