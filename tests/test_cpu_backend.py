@@ -20,7 +20,6 @@ from conftest import loss_and_grads, max_err
 import simclr_fast
 from simclr_fast import NTXentLoss, _extension, backends, nt_xent
 from simclr_fast.backends.cpu import CPUBackend
-from simclr_fast.backends.torch_backend import TorchBackend
 from simclr_fast.reference import nt_xent_reference
 
 SHAPES = [(1, 1), (2, 2), (3, 17), (7, 64), (256, 128), (1000, 127)]
@@ -40,10 +39,6 @@ def _inputs(b: int, d: int, dtype=torch.float32):
 
 def _normalized(n: int, d: int, dtype=torch.float64) -> torch.Tensor:
     return F.normalize(torch.randn(n, d, dtype=dtype), dim=1)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return max_err(a, b) / max(b.abs().max().item(), 1e-30)
 
 
 # ---- the public API against the fp64 reference ------------------------------------------------
@@ -100,24 +95,77 @@ def test_refuses_float64_and_other_devices_with_the_fix():
         )
 
 
-def test_op_checks_its_inputs():
-    z = _normalized(8, 4, torch.float32)
-    with pytest.raises(RuntimeError, match="float32"):
-        torch.ops.simclr_fast.ntxent_fwd_cpu(z.double(), 0, 8, 2.0)
-    with pytest.raises(RuntimeError, match="out of range"):
-        torch.ops.simclr_fast.ntxent_fwd_cpu(z, 4, 8, 2.0)
-    with pytest.raises(RuntimeError, match="contiguous"):
-        torch.ops.simclr_fast.ntxent_fwd_cpu(z.t(), 0, 4, 2.0)
-    with pytest.raises(RuntimeError, match="lse"):
-        torch.ops.simclr_fast.ntxent_bwd_cpu(z, torch.zeros(7), torch.zeros(8), 0, 8, 2.0)
+# ---- the contract ops against fp64 evaluations of its formulas ---------------------------------
+#
+# The references materialize the (small) similarity matrix in fp64 from the same fp32 inputs, so
+# what they measure is the kernels' own error: the fp32 tile GEMMs (~|inv_tau|·1e-7 in s), the
+# exponents' rounding and the sums.
 
 
-# ---- the contract ops against TorchBackend, many tiles ----------------------------------------
+def _columns_mask(n: int, r0: int, rc: int, exclude: torch.Tensor | None) -> torch.Tensor:
+    """True where row r0 + i does NOT see column j: the diagonal and its excluded column."""
+    mask = torch.zeros(rc, n, dtype=torch.bool)
+    rows = torch.arange(rc)
+    mask[rows, r0 + rows] = True
+    if exclude is not None:
+        has = exclude >= 0
+        mask[rows[has], exclude[has]] = True
+    return mask
 
 
-@pytest.mark.parametrize("tile", ["default", "8", "13", "40"])
+def _ref_forward(z, r0, rc, inv_tau, shift, exclude=None, keys=None) -> torch.Tensor:
+    """x_k = log Σ_{j∈C(k)} e^{s_kj − shift_k} in fp64 (base.py)."""
+    q = z.double()[r0 : r0 + rc]
+    if keys is None:
+        s = inv_tau * q @ z.double().T
+        s = s.masked_fill(_columns_mask(z.shape[0], r0, rc, exclude), float("-inf"))
+    else:
+        s = inv_tau * q @ keys.double().T
+    return torch.logsumexp(s - shift.double()[:, None], dim=1)
+
+
+def _ref_backward(z, shift, weight, r0, rc, inv_tau, exclude=None, keys=None) -> torch.Tensor:
+    """dz_k = inv_tau Σ_{j∈C(k)} (w_k e^{s_kj − shift_k} + w_j e^{s_kj − shift_j}) c_j in fp64."""
+    zd, sh, w = z.double(), shift.double(), weight.double()
+    if keys is not None:
+        s = inv_tau * zd[r0 : r0 + rc] @ keys.double().T
+        return inv_tau * (w[:, None] * torch.exp(s - sh[:, None])) @ keys.double()
+    n = z.shape[0]
+    s = inv_tau * zd @ zd.T
+    mask = torch.eye(n, dtype=torch.bool)
+    if exclude is not None:  # symmetric: both (k, e) and (e, k)
+        rows, has = r0 + torch.arange(rc), exclude >= 0
+        mask[rows[has], exclude[has]] = mask[exclude[has], rows[has]] = True
+    t = (w[:, None] * torch.exp(s - sh[:, None])).masked_fill(mask, 0.0)
+    return inv_tau * ((t + t.T) @ zd)[r0 : r0 + rc]
+
+
+def _pairs(b: int, d: int, sigma: float) -> torch.Tensor:
+    """Normalized fp32 z = [a; a + σ·noise]: positives (k + B) mod 2B, near-duplicates for small σ."""
+    a = torch.randn(b, d, dtype=torch.float64)
+    return F.normalize(
+        torch.cat([a, a + sigma * torch.randn(b, d, dtype=torch.float64)]), dim=1
+    ).float()
+
+
+def _positives(n: int) -> torch.Tensor:
+    return (torch.arange(n) + n // 2) % n
+
+
+def _pos_logits(z: torch.Tensor, inv_tau: float) -> torch.Tensor:
+    """s_pos,k in fp64 from the fp32 z, rounded once to fp32 (what the loss layer passes as shift)."""
+    zd = z.double()
+    return (inv_tau * (zd * zd[_positives(z.shape[0])]).sum(1)).float()
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return max_err(a, b) / max(b.abs().max().item(), 1e-300)
+
+
+@pytest.mark.parametrize("tile", ["default", "13"])
 @pytest.mark.parametrize("isa", ["auto", "generic"])
-@pytest.mark.parametrize("tau", [0.5, -0.2, 0.01])
+@pytest.mark.parametrize("exclude", [True, False], ids=["exclude", "no-exclude"])
+@pytest.mark.parametrize("tau", [0.5, -0.2, 0.05, 0.01])
 @pytest.mark.parametrize(
     "n, d, row_start, row_count",
     [
@@ -126,53 +174,210 @@ def test_op_checks_its_inputs():
         (150, 19, 50, 50),
         (150, 19, 0, 37),
         (150, 19, 113, 37),
-        (97, 8, 30, 1),
+        (96, 8, 30, 1),
     ],
 )
-def test_ops_match_torch_backend(monkeypatch, tile, isa, tau, n, d, row_start, row_count):
-    """forward_lse/backward_rows on sub-blocks (the distributed layer's calls) with tiny tiles."""
+def test_self_mode_matches_fp64(monkeypatch, tile, isa, exclude, tau, n, d, row_start, row_count):
+    """Self mode on sub-blocks (the distributed layer's calls), tiny tiles, both kernel sets.
+
+    τ = 0.01 takes the safe two-exponential path (c = 1/|τ| > 40), the others the fast path; the
+    weights have both signs; the shift is the positive logit (so with exclusion x is log S_k).
+    """
     if tile != "default":
         monkeypatch.setenv("SIMCLR_FAST_CPU_TILE", tile)
     monkeypatch.setenv("SIMCLR_FAST_CPU_ISA", isa)
-    z = _normalized(n, d)
-    inv_tau = 1.0 / tau
-    ref, cpu = TorchBackend(), CPUBackend()
-    lse_all = ref.forward_lse(z, 0, n, inv_tau)
-    want = lse_all[row_start : row_start + row_count]
-    got = cpu.forward_lse(z.float(), row_start, row_count, inv_tau)
-    assert got.dtype == torch.float32 and got.shape == (row_count,)
-    # fp32 z moves s by ~6e-8·|1/τ|; lse inherits that.
-    assert max_err(got, want) <= 1e-6 * max(1.0, abs(inv_tau)) + 1e-6 * want.abs().max().item()
-    coef = torch.rand(n, dtype=torch.float64) / n
-    want_dz = ref.backward_rows(z, lse_all, coef, row_start, row_count, inv_tau)
-    got_dz = cpu.backward_rows(
-        z.float(), lse_all.float(), coef.float(), row_start, row_count, inv_tau
+    z, inv_tau = _pairs(n // 2, d, 0.3), 1.0 / tau
+    shift = _pos_logits(z, inv_tau)
+    ex = _positives(n)[row_start : row_start + row_count] if exclude else None
+    own = shift[row_start : row_start + row_count].contiguous()
+    cpu = CPUBackend()
+    x = cpu.forward_lse(z, row_start, row_count, inv_tau, own, ex)
+    want = _ref_forward(z, row_start, row_count, inv_tau, own, ex)
+    assert x.dtype == torch.float32 and x.shape == (row_count,)
+    # |x| and its error scale with |s| ~ |inv_tau|: the fp32 GEMM moves s by ~1e-7·|inv_tau|.
+    if exclude and n == 2:  # one pair, excluded: no columns at all, x = −inf
+        assert torch.equal(x, torch.full((row_count,), float("-inf")))
+        return
+    assert max_err(x, want) <= 1e-6 * max(1.0, abs(inv_tau))
+    weight = torch.randn(n) / n
+    dz = cpu.backward_rows(z, shift, None, weight, row_start, row_count, inv_tau, ex)
+    assert dz.dtype == torch.float32 and dz.shape == (row_count, d)
+    assert _rel(dz, _ref_backward(z, shift, weight, row_start, row_count, inv_tau, ex)) <= 1e-5
+
+
+# The issue's grid (#12): B ∈ {3, 64, 257}, D ∈ {16, 128, 130}, τ ∈ {0.02, 0.05, 0.1, 0.5},
+# b = a + σ·noise, with NT-Xent's shift (the positive logit) and exclusion (the positive): the row
+# losses softplus(x_k) range from ~1e-12 to ~5. The issue asks 1e-5 relative for the loss (the mean
+# over rows) and for dz. Each row's loss is held to 4e-7·|1/τ| relative: its error is that of x_k,
+# mostly the fp32 tile GEMM's error in s (~1e-7) times 1/τ. Worst over this grid and seeds 0-2
+# (2026-12-02): mean loss 5.1e-6, row 2.1e-7·|1/τ| (1.03e-5 at τ = 0.02), dz 6.3e-6.
+@pytest.mark.parametrize("sigma", [0.05, 0.3, 1.0])
+@pytest.mark.parametrize("tau", [0.02, 0.05, 0.1, 0.5])
+@pytest.mark.parametrize("d", [16, 128, 130])
+@pytest.mark.parametrize("b", [3, 64, 257])
+def test_peaked_inputs_keep_relative_accuracy(b, d, tau, sigma):
+    z, inv_tau = _pairs(b, d, sigma), 1.0 / tau
+    n = 2 * b
+    shift, ex = _pos_logits(z, inv_tau), _positives(n)
+    cpu = CPUBackend()
+    x = cpu.forward_lse(z, 0, n, inv_tau, shift, ex)
+    want = _ref_forward(z, 0, n, inv_tau, shift, ex)
+    loss, want_loss = F.softplus(x.double()), F.softplus(want)
+    assert abs(loss.mean().item() / want_loss.mean().item() - 1) <= 1e-5
+    assert ((loss - want_loss).abs() / want_loss).max().item() <= 4e-7 * max(1.0, inv_tau)
+    weight = (torch.sigmoid(-want) / n).float()  # NT-Xent's weight_k = coef_k · sigmoid(−x_k)
+    dz = cpu.backward_rows(z, shift, x, weight, 0, n, inv_tau, ex)
+    assert _rel(dz, _ref_backward(z, shift, weight, 0, n, inv_tau, ex)) <= 1e-5
+
+
+@pytest.mark.parametrize("isa", ["auto", "generic"])
+@pytest.mark.parametrize("tau", [0.1, -0.5, 0.01])
+@pytest.mark.parametrize(
+    "n, row_start, row_count, k, tile",
+    [
+        (256, 0, 256, 1000, "default"),
+        (40, 0, 40, 300, "16"),
+        (40, 9, 20, 77, "8"),
+        (5, 2, 1, 1, "default"),
+    ],
+)
+def test_keys_mode_matches_fp64(monkeypatch, isa, tau, n, row_start, row_count, k, tile):
+    """Memory-bank mode: the owned rows against K keys, rows-only gradient, sub-blocks, odd K."""
+    if tile != "default":
+        monkeypatch.setenv("SIMCLR_FAST_CPU_TILE", tile)
+    monkeypatch.setenv("SIMCLR_FAST_CPU_ISA", isa)
+    d, inv_tau = 33, 1.0 / tau
+    z, keys = _normalized(n, d, torch.float32), _normalized(k, d, torch.float32)
+    shift = (inv_tau * torch.rand(row_count)).float()  # any shift: need not bound s
+    cpu = CPUBackend()
+    x = cpu.forward_lse(z, row_start, row_count, inv_tau, shift, keys=keys)
+    want = _ref_forward(z, row_start, row_count, inv_tau, shift, keys=keys)
+    assert x.shape == (row_count,)
+    assert max_err(x, want) <= 1e-6 * max(1.0, abs(inv_tau))
+    weight = torch.randn(row_count) / row_count
+    dz = cpu.backward_rows(z, shift, x, weight, row_start, row_count, inv_tau, keys=keys)
+    assert dz.shape == (row_count, d)
+    assert (
+        _rel(dz, _ref_backward(z, shift, weight, row_start, row_count, inv_tau, keys=keys)) <= 1e-5
     )
-    assert got_dz.dtype == torch.float32 and got_dz.shape == (row_count, d)
-    assert _rel(got_dz, want_dz) <= 2e-5 * max(1.0, abs(inv_tau))
+
+
+def test_keys_mode_splits_key_blocks_across_threads_deterministically(monkeypatch):
+    """One row block against many key blocks: the tasks' partials merge in a fixed order."""
+    monkeypatch.setenv("SIMCLR_FAST_CPU_TILE", "32")
+    z, keys = _normalized(32, 16, torch.float32), _normalized(2048, 16, torch.float32)
+    shift, weight = torch.full((32,), 5.0), torch.rand(32)
+    cpu = CPUBackend()
+
+    def run():
+        x = cpu.forward_lse(z, 0, 32, 5.0, shift, keys=keys)
+        return x, cpu.backward_rows(z, shift, x, weight, 0, 32, 5.0, keys=keys)
+
+    many = run()
+    assert all(torch.equal(a, b) for a, b in zip(many, run()))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = run()
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(many, one):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(many[0].double(), _ref_forward(z, 0, 32, 5.0, shift, keys=keys))
 
 
 def test_unnormalized_z_stays_finite():
-    """The fixed shift bounds |s| by |1/τ|·max|z|², so rows longer than 1 cannot overflow."""
-    z = 3.0 * _normalized(64, 16)
-    ref, cpu = TorchBackend(), CPUBackend()
-    lse = ref.forward_lse(z, 0, 64, 2.0)
-    assert _rel(cpu.forward_lse(z.float(), 0, 64, 2.0), lse) < 1e-5
-    coef = torch.full((64,), 1 / 64, dtype=torch.float64)
-    want = ref.backward_rows(z, lse, coef, 0, 64, 2.0)
-    assert _rel(cpu.backward_rows(z.float(), lse.float(), coef.float(), 0, 64, 2.0), want) < 1e-4
+    """The fixed shift bounds |s| by |inv_tau|·max|z|², so rows longer than 1 cannot overflow."""
+    z = 3.0 * _normalized(64, 16, torch.float32)
+    shift, ex = _pos_logits(z, 2.0), _positives(64)
+    cpu = CPUBackend()
+    x = cpu.forward_lse(z, 0, 64, 2.0, shift, ex)
+    assert max_err(x, _ref_forward(z, 0, 64, 2.0, shift, ex)) < 1e-5
+    weight = torch.full((64,), 1 / 64)
+    want = _ref_backward(z, shift, weight, 0, 64, 2.0, ex)
+    assert _rel(cpu.backward_rows(z, shift, x, weight, 0, 64, 2.0, ex), want) < 1e-5
 
 
-def test_huge_grad_output_takes_the_safe_backward():
-    """coef · e^{c − lse} beyond fp32's range must not turn the gradient into inf/NaN."""
-    z = _normalized(32, 8)
-    ref, cpu = TorchBackend(), CPUBackend()
-    lse = ref.forward_lse(z, 0, 32, 30.0)
-    coef = torch.full((32,), 1e30, dtype=torch.float64)
-    want = ref.backward_rows(z, lse, coef, 0, 32, 30.0)
-    got = cpu.backward_rows(z.float(), lse.float(), coef.float(), 0, 32, 30.0)
+def test_huge_weight_takes_the_safe_backward():
+    """weight · e^{c − shift} beyond fp32's range must not turn the gradient into inf/NaN.
+
+    One row of length 2 makes c = |inv_tau|·max|z|² = 36 (still the fast path's range); shift =
+    each row's log-sum-exp (x = 0), so every G entry is at most the weight, 1e27, but u = weight ·
+    e^{c − shift} is past fp32 and the fast backward must step aside.
+    """
+    z = _normalized(32, 8, torch.float32)
+    z[0] *= 2
+    shift = _ref_forward(z, 0, 32, 9.0, torch.zeros(32)).float()
+    weight = torch.full((32,), 1e27)
+    assert (1e27 * torch.exp(36.0 - shift.double())).max() > 1e38  # the premise
+    got = CPUBackend().backward_rows(z, shift, None, weight, 0, 32, 9.0)
     assert torch.isfinite(got).all()
-    assert _rel(got, want) < 1e-4
+    assert _rel(got, _ref_backward(z, shift, weight, 0, 32, 9.0)) < 1e-5
+
+
+def test_tiny_weight_times_huge_exponential_stays_finite():
+    """Early training at τ = 0.01: e^{s − shift} up to e^{130} (past fp32) with weights ~1e-38.
+
+    The product (~1e18) is finite; the safe backward keeps the weight inside the exponent.
+    """
+    z = _normalized(24, 6, torch.float32)
+    shift = torch.full((24,), -30.0)
+    weight = 1e-38 * (1 + torch.rand(24))
+    got = CPUBackend().backward_rows(z, shift, None, weight, 0, 24, 100.0)
+    want = _ref_backward(z, shift, weight, 0, 24, 100.0)
+    assert torch.isfinite(want).all() and want.abs().max() > 1e10
+    assert _rel(got, want) < 1e-5
+
+
+def test_generic_and_avx2_kernels_agree(monkeypatch):
+    """Both kernel sets on the same inputs (tests run on an AVX2 CPU; 'auto' is avx2 there)."""
+    if _extension.cpu_isa() != "avx2":
+        pytest.fail("this CPU has no AVX2/FMA: the avx2 kernels cannot be checked here")
+    z, inv_tau = _pairs(75, 40, 0.05), 20.0
+    shift, ex, weight = _pos_logits(z, inv_tau), _positives(150), torch.rand(150) / 150
+    got = {}
+    for isa in ("avx2", "generic"):
+        monkeypatch.setenv("SIMCLR_FAST_CPU_ISA", isa)
+        x = CPUBackend().forward_lse(z, 0, 150, inv_tau, shift, ex)
+        got[isa] = (x, CPUBackend().backward_rows(z, shift, x, weight, 0, 150, inv_tau, ex))
+    assert max_err(got["avx2"][0], got["generic"][0]) <= 2e-6
+    assert _rel(got["avx2"][1], got["generic"][1]) <= 2e-6
+
+
+def test_op_checks_its_inputs():
+    fwd, bwd = torch.ops.simclr_fast.ntxent_fwd_cpu, torch.ops.simclr_fast.ntxent_bwd_cpu
+    z = _normalized(8, 4, torch.float32)
+    sh8, sh4 = torch.zeros(8), torch.zeros(4)
+    ex = _positives(8)
+    with pytest.raises(RuntimeError, match="z must be float32"):
+        fwd(z.double(), 0, 8, 2.0, sh8)
+    with pytest.raises(RuntimeError, match=r"rows \[4, 12\) out of range for N = 8"):
+        fwd(z, 4, 8, 2.0, sh8)
+    with pytest.raises(RuntimeError, match="z must be contiguous"):
+        fwd(z.t(), 0, 4, 2.0, sh4)
+    with pytest.raises(RuntimeError, match="inv_tau must be finite"):
+        fwd(z, 0, 8, float("inf"), sh8)
+    with pytest.raises(RuntimeError, match=r"shift must be .* shape \(4,\)"):
+        fwd(z, 0, 4, 2.0, sh8)
+    with pytest.raises(RuntimeError, match=r"shift must be .* shape \(8,\) \(one per row of z"):
+        bwd(z, sh4, sh8, 0, 4, 2.0)
+    with pytest.raises(RuntimeError, match="weight must be .*float32"):
+        bwd(z, sh8, sh8.double(), 0, 8, 2.0)
+    with pytest.raises(RuntimeError, match="exclude must be a contiguous int64"):
+        fwd(z, 0, 8, 2.0, sh8, ex.int())
+    with pytest.raises(RuntimeError, match=r"exclude\[2\] = 8 is not a column of z"):
+        fwd(z, 0, 8, 2.0, sh8, torch.tensor([4, 5, 8, 7, 0, 1, 2, 3]))
+    with pytest.raises(RuntimeError, match="exclude must be symmetric: row 0 excludes 4 but row 4"):
+        bwd(z, sh8, sh8, 0, 8, 2.0, torch.tensor([4, 5, 6, 7, 1, 0, 2, 3]))
+    keys = _normalized(5, 4, torch.float32)
+    with pytest.raises(RuntimeError, match="exclude must be None when keys are given"):
+        fwd(z, 0, 8, 2.0, sh8, ex, keys)
+    with pytest.raises(RuntimeError, match="keys must have D = 4"):
+        fwd(z, 0, 8, 2.0, sh8, None, _normalized(5, 3, torch.float32))
+    with pytest.raises(
+        RuntimeError, match=r"shift must be .* \(3,\) \(the owned rows' values in keys"
+    ):
+        bwd(z, sh8, sh8, 0, 3, 2.0, None, keys)
 
 
 def test_nan_input_propagates():
@@ -219,13 +424,21 @@ def test_one_thread_agrees_with_many(monkeypatch):
 # ---- torch.library / torch.compile / gradcheck -------------------------------------------------
 
 
+@pytest.mark.parametrize("mode", ["plain", "exclude", "keys"])
 @pytest.mark.parametrize("rows", [(0, 12), (3, 5)])
-def test_opcheck(rows):
+def test_opcheck(rows, mode):
     z = _normalized(12, 6, torch.float32)
-    lse = torch.ops.simclr_fast.ntxent_fwd_cpu(z, 0, 12, 2.0)
-    coef = torch.full((12,), 1 / 12)
-    torch.library.opcheck(torch.ops.simclr_fast.ntxent_fwd_cpu.default, (z, *rows, 2.0))
-    torch.library.opcheck(torch.ops.simclr_fast.ntxent_bwd_cpu.default, (z, lse, coef, *rows, 2.0))
+    r0, rc = rows
+    ex = _positives(12)[r0 : r0 + rc].contiguous() if mode == "exclude" else None
+    keys = _normalized(7, 6, torch.float32) if mode == "keys" else None
+    shift = _pos_logits(z, 2.0)
+    own = shift[r0 : r0 + rc].contiguous()
+    nv = rc if keys is not None else 12
+    weight = torch.full((nv,), 1 / 12)
+    bwd_shift = own if keys is not None else shift
+    fwd, bwd = torch.ops.simclr_fast.ntxent_fwd_cpu, torch.ops.simclr_fast.ntxent_bwd_cpu
+    torch.library.opcheck(fwd.default, (z, r0, rc, 2.0, own, ex, keys))
+    torch.library.opcheck(bwd.default, (z, bwd_shift, weight, r0, rc, 2.0, ex, keys))
 
 
 def test_torch_compile_fullgraph_matches_eager():
