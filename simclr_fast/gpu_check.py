@@ -6,16 +6,19 @@ check keeps working whatever the kernels look like inside:
 ``correctness``
     loss and the gradients of both views against an fp64 reference computed here in row chunks
     (the closed-form gradient of docs/design.md §2, never a ``2B × 2B`` matrix), at
-    ``2B ∈ {8192, 65536}``, D = 128, τ = 0.1, bf16 and fp32 inputs. The reference sees the same
+    ``2B ∈ {8192, 65536}``, D = 128, τ = 0.1, in every input mode of :data:`MODES` (bf16; fp32
+    under ``torch.set_float32_matmul_precision("highest")``; fp32 under ``"high"``, which the
+    launchers run on tensor cores with fp16 operands). The reference sees the same
     (rounded) inputs, upcast to fp64. Errors are relative: ``|Δloss| / |loss|`` and
     ``max|Δgrad| / max|grad|`` over both views; the bounds are in :data:`TOLERANCE`.
 ``repeatability``
     three runs of loss and gradients on the same inputs must agree bit for bit, at a ragged
-    ``2B = 8190`` (not a multiple of any tile) and D ∈ {100, 128, 256}, bf16 and fp32.
+    ``2B = 8190`` (not a multiple of any tile) and D ∈ {100, 128, 256}, every mode.
 ``timing``
     forward and forward + backward of the fused loss, the naive loss
     (:func:`simclr_fast.reference.nt_xent_reference`) and ``torch.compile`` of the naive loss, with
-    ``triton.testing.do_bench`` (median ms), at ``2B ∈ {8192, 65536}``, D = 128; ``bwd`` is the
+    ``triton.testing.do_bench`` (median ms), at ``2B ∈ {8192, 65536}``, D = 128, every mode (the
+    naive loss runs under the same matmul precision: TF32 under "high"); ``bwd`` is the
     difference. Each time comes with TFLOP/s of the row-wise algorithm's work (forward ``2·(2B)²·D``,
     backward ``4·(2B)²·D`` FLOPs, the same count for every provider), the percentage of the device's
     spec-sheet dense peak (:data:`PEAK_TFLOPS`, when the device is listed) and of a matmul timed here.
@@ -39,6 +42,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -66,15 +70,23 @@ DRY_RUN = dict(
     timing_n=(64,),
     timing_d=128,
 )
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+#: Input modes: label -> (dtype, ``torch.set_float32_matmul_precision`` during the case). fp32
+#: under "high" is the launchers' tensor-core path for fp32 inputs.
+MODES = {
+    "bf16": (torch.bfloat16, "highest"),
+    "fp32": (torch.float32, "highest"),
+    "fp32/high": (torch.float32, "high"),
+}
 TEMPERATURE = 0.1
 REPEATS = 3
 #: (loss, gradient) relative error bounds against fp64. bf16: the rounding of z to bf16 alone
 #: costs ~6e-3 on the gradient (docs/design.md §9), so 3e-2 leaves 5x headroom; fp32 (exact fp32
 #: products): 1e-5 / 1e-4. Bounds chosen from those floors, not from a GPU run (none exists).
-TOLERANCE = {"bf16": (1e-2, 3e-2), "fp32": (1e-5, 1e-4)}
+#: fp32 under "high" (operands rounded to fp16, 4x finer than bf16): bf16's bounds / 4.
+TOLERANCE = {"bf16": (1e-2, 3e-2), "fp32": (1e-5, 1e-4), "fp32/high": (2.5e-3, 7.5e-3)}
 #: Dense spec-sheet peaks in TFLOP/s, (device-name substring, bf16 tensor core, fp32 non-tensor):
-#: first match wins. NVIDIA data sheets (H100/H200 SXM, H100 PCIe, A100 SXM/PCIe).
+#: first match wins. NVIDIA data sheets (H100/H200 SXM, H100 PCIe, A100 SXM/PCIe). fp32 under
+#: "high" is compared with the 16-bit tensor-core peak (the fused kernels run fp16 operands).
 PEAK_TFLOPS = (
     ("H200", 989.0, 67.0),
     ("H100 PCIe", 756.0, 51.0),
@@ -179,6 +191,16 @@ def reference_loss_and_grads(
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _matmul_precision(precision: str):
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
 def _inputs(n: int, d: int, dtype: torch.dtype, device: str, seed: int):
     gen = torch.Generator(device=device).manual_seed(seed)
     b = n // 2
@@ -200,15 +222,16 @@ def _fused_loss_and_grads(out0, out1):
 def check_correctness(sizes: dict, device: str) -> list[dict]:
     """Fused loss and gradients against the fp64 chunked reference (module docstring)."""
     rows = []
-    for dtype_name, dtype in DTYPES.items():
+    for mode, (dtype, precision) in MODES.items():
         for n in sizes["correct_n"]:
             d = sizes["correct_d"]
-            row = dict(section="correctness", dtype=dtype_name, N=n, D=d, temperature=TEMPERATURE)
-            loss_tol, grad_tol = TOLERANCE[dtype_name]
+            row = dict(section="correctness", mode=mode, N=n, D=d, temperature=TEMPERATURE)
+            loss_tol, grad_tol = TOLERANCE[mode]
             row.update(loss_tol=loss_tol, grad_tol=grad_tol)
             try:
                 out0, out1 = _inputs(n, d, dtype, device, seed=n)
-                loss, g0, g1 = _fused_loss_and_grads(out0, out1)
+                with _matmul_precision(precision):
+                    loss, g0, g1 = _fused_loss_and_grads(out0, out1)
                 ref, r0, r1 = reference_loss_and_grads(out0, out1, TEMPERATURE)
                 loss_err = abs(loss.double().item() - ref.item()) / abs(ref.item())
                 scale = max(r0.abs().max().item(), r1.abs().max().item())
@@ -234,12 +257,13 @@ def check_repeatability(sizes: dict, device: str) -> list[dict]:
     """Loss and gradients of :data:`REPEATS` runs on the same inputs, compared bit for bit."""
     rows = []
     n = sizes["repeat_n"]
-    for dtype_name, dtype in DTYPES.items():
+    for mode, (dtype, precision) in MODES.items():
         for d in sizes["repeat_d"]:
-            row = dict(section="repeatability", dtype=dtype_name, N=n, D=d, runs=REPEATS)
+            row = dict(section="repeatability", mode=mode, N=n, D=d, runs=REPEATS)
             try:
                 out0, out1 = _inputs(n, d, dtype, device, seed=d)
-                runs = [_fused_loss_and_grads(out0, out1) for _ in range(REPEATS)]
+                with _matmul_precision(precision):
+                    runs = [_fused_loss_and_grads(out0, out1) for _ in range(REPEATS)]
                 equal = all(
                     torch.equal(x, y) for run in runs[1:] for x, y in zip(runs[0], run, strict=True)
                 )
@@ -273,10 +297,10 @@ def _bench(fn, device: str, grad_to_none=None) -> float:
 
 
 def device_peak_tflops(name: str) -> dict[str, float] | None:
-    """Spec-sheet dense peaks ``{"bf16": ..., "fp32": ...}`` (TFLOP/s) for a device name, if listed."""
+    """Spec-sheet dense peaks per :data:`MODES` label (TFLOP/s) for a device name, if listed."""
     for key, bf16, fp32 in PEAK_TFLOPS:
         if key in name:
-            return {"bf16": bf16, "fp32": fp32}
+            return {"bf16": bf16, "fp32": fp32, "fp32/high": bf16}
     return None
 
 
@@ -288,13 +312,38 @@ def _matmul_tflops(dtype: torch.dtype, device: str, dry: bool) -> float:
     return 2 * size**3 / (ms * 1e-3) / 1e12
 
 
+def _time_provider(fn, a, b, n: int, d: int, device: str) -> list[tuple[str, float, int]]:
+    """``(phase, ms, FLOPs)`` for fwd, bwd (the difference) and fwd+bwd of ``fn(a, b)``."""
+    fwd = _bench(lambda: fn(a, b), device)
+    full = _bench(lambda: fn(a, b).backward(), device, grad_to_none=[a, b])
+    a.grad = b.grad = None
+    return [
+        ("fwd", fwd, 2 * n * n * d),
+        ("bwd", max(full - fwd, 0.0), 4 * n * n * d),
+        ("fwd+bwd", full, 6 * n * n * d),
+    ]
+
+
+def _naive_too_big(n: int, device: str) -> str | None:
+    """Why the naive loss is skipped at ``2B = n`` on this device, or ``None``."""
+    if device != "cuda":
+        return None
+    need = 16 * n * n  # the naive loss's (2B)² temporaries, docs/design.md §2
+    free = torch.cuda.mem_get_info()[0]
+    if need <= NAIVE_MEMORY_FRACTION * free:
+        return None
+    return (
+        f"skipped: predicted {need / 2**30:.0f} GiB > {NAIVE_MEMORY_FRACTION:.0%} of "
+        f"{free / 2**30:.0f} GiB free"
+    )
+
+
 def run_timing(sizes: dict, device: str, dry: bool, deadline: float) -> list[dict]:
-    """fwd / fwd+bwd / bwd of fused, naive and ``torch.compile``-d naive (module docstring)."""
+    """fwd / bwd / fwd+bwd of fused, naive and ``torch.compile``-d naive (module docstring)."""
     import simclr_fast
     from simclr_fast.reference import nt_xent_reference
 
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    peaks = device_peak_tflops(name) if device == "cuda" else None
+    peaks = device_peak_tflops(torch.cuda.get_device_name()) if device == "cuda" else None
     compiled = torch.compile(nt_xent_reference, backend="aot_eager" if dry else "inductor")
     providers = {
         "fused": lambda a, b: simclr_fast.nt_xent(a, b, TEMPERATURE, backend="triton"),
@@ -302,65 +351,48 @@ def run_timing(sizes: dict, device: str, dry: bool, deadline: float) -> list[dic
         "naive-compile": lambda a, b: compiled(a, b, TEMPERATURE),
     }
     rows = []
-    for dtype_name, dtype in DTYPES.items():
-        try:
-            matmul = _matmul_tflops(dtype, device, dry)
-        except Exception:
-            matmul = None
-        for n in sizes["timing_n"]:
-            d = sizes["timing_d"]
-            out0, out1 = _inputs(n, d, dtype, device, seed=1)
-            a = out0.requires_grad_(True)
-            b = out1.requires_grad_(True)
-            for provider, fn in providers.items():
-                base = dict(section="timing", provider=provider, dtype=dtype_name, N=n, D=d)
-                if time.perf_counter() > deadline:
-                    rows.append(dict(base, status="skipped: over the --budget"))
-                    continue
-                if provider != "fused" and device == "cuda":
-                    need = 16 * n * n
-                    free = torch.cuda.mem_get_info()[0]
-                    if need > NAIVE_MEMORY_FRACTION * free:
+    for mode, (dtype, precision) in MODES.items():
+        with _matmul_precision(precision):
+            try:
+                matmul = _matmul_tflops(dtype, device, dry)
+            except Exception:  # the percentage is then left out, the times still count
+                matmul = None
+            for n in sizes["timing_n"]:
+                d = sizes["timing_d"]
+                out0, out1 = _inputs(n, d, dtype, device, seed=1)
+                a, b = out0.requires_grad_(True), out1.requires_grad_(True)
+                for provider, fn in providers.items():
+                    base = dict(section="timing", provider=provider, mode=mode, N=n, D=d)
+                    skip = "skipped: over the --budget" if time.perf_counter() > deadline else None
+                    if skip is None and provider != "fused":
+                        skip = _naive_too_big(n, device)
+                    if skip:
+                        rows.append(dict(base, status=skip))
+                        continue
+                    try:
+                        phases = _time_provider(fn, a, b, n, d, device)
+                    except torch.cuda.OutOfMemoryError:
+                        torch.cuda.empty_cache()
+                        rows.append(dict(base, status="oom"))
+                        continue
+                    except Exception as exc:
+                        status = f"error: {type(exc).__name__}: {str(exc)[:200]}"
+                        rows.append(dict(base, status=status))
+                        continue
+                    for phase, ms, flops in phases:
+                        tflops = flops / (ms * 1e-3) / 1e12 if ms > 0 else None
+                        pct = 100 * tflops / peaks[mode] if peaks and tflops else None
                         rows.append(
                             dict(
                                 base,
-                                status=f"skipped: predicted {need / 2**30:.0f} GiB > "
-                                f"{NAIVE_MEMORY_FRACTION:.0%} of {free / 2**30:.0f} GiB free",
+                                phase=phase,
+                                ms=ms,
+                                tflops=tflops,
+                                pct_peak=pct,
+                                pct_matmul=100 * tflops / matmul if matmul and tflops else None,
+                                status="ok",
                             )
                         )
-                        continue
-                try:
-                    fwd = _bench(lambda fn=fn, a=a, b=b: fn(a, b), device)
-                    full = _bench(
-                        lambda fn=fn, a=a, b=b: fn(a, b).backward(), device, grad_to_none=[a, b]
-                    )
-                except torch.cuda.OutOfMemoryError:
-                    torch.cuda.empty_cache()
-                    rows.append(dict(base, status="oom"))
-                    continue
-                except Exception as exc:
-                    rows.append(dict(base, status=f"error: {type(exc).__name__}: {str(exc)[:200]}"))
-                    continue
-                a.grad = b.grad = None
-                for phase, ms, flops in (
-                    ("fwd", fwd, 2 * n * n * d),
-                    ("bwd", max(full - fwd, 0.0), 4 * n * n * d),
-                    ("fwd+bwd", full, 6 * n * n * d),
-                ):
-                    tflops = flops / (ms * 1e-3) / 1e12 if ms > 0 else None
-                    rows.append(
-                        dict(
-                            base,
-                            phase=phase,
-                            ms=ms,
-                            tflops=tflops,
-                            pct_peak=(100 * tflops / peaks[dtype_name])
-                            if peaks and tflops
-                            else None,
-                            pct_matmul=(100 * tflops / matmul) if matmul and tflops else None,
-                            status="ok",
-                        )
-                    )
     return rows
 
 
@@ -383,19 +415,19 @@ def format_tables(rows: list[dict]) -> str:
     corr = [r for r in rows if r["section"] == "correctness"]
     if corr:
         out.append("correctness against fp64 (relative errors; bound in brackets)")
-        out.append(f"{'dtype':<5} {'2B':>6} {'D':>4} {'loss err':>18} {'grad err':>18}  status")
+        out.append(f"{'mode':<9} {'2B':>6} {'D':>4} {'loss err':>18} {'grad err':>18}  status")
         for r in corr:
-            le = f"{_fmt(r.get('loss_rel_err'), '.2e')} [{r['loss_tol']:.0e}]"
-            ge = f"{_fmt(r.get('grad_rel_err'), '.2e')} [{r['grad_tol']:.0e}]"
-            out.append(f"{r['dtype']:<5} {r['N']:>6} {r['D']:>4} {le:>18} {ge:>18}  {r['status']}")
+            le = f"{_fmt(r.get('loss_rel_err'), '.2e')} [{r['loss_tol']:.1e}]"
+            ge = f"{_fmt(r.get('grad_rel_err'), '.2e')} [{r['grad_tol']:.1e}]"
+            out.append(f"{r['mode']:<9} {r['N']:>6} {r['D']:>4} {le:>18} {ge:>18}  {r['status']}")
     rep = [r for r in rows if r["section"] == "repeatability"]
     if rep:
         out.append("")
         out.append(f"repeatability ({REPEATS} runs, bitwise)")
-        out.append(f"{'dtype':<5} {'2B':>6} {'D':>4} {'equal':>6}  status")
+        out.append(f"{'mode':<9} {'2B':>6} {'D':>4} {'equal':>6}  status")
         for r in rep:
             out.append(
-                f"{r['dtype']:<5} {r['N']:>6} {r['D']:>4} {_fmt(r.get('bitwise_equal')):>6}  "
+                f"{r['mode']:<9} {r['N']:>6} {r['D']:>4} {_fmt(r.get('bitwise_equal')):>6}  "
                 f"{r['status']}"
             )
     tim = [r for r in rows if r["section"] == "timing"]
@@ -403,12 +435,12 @@ def format_tables(rows: list[dict]) -> str:
         out.append("")
         out.append("timing (median ms; TFLOP/s of the row-wise algorithm's work)")
         out.append(
-            f"{'provider':<14} {'dtype':<5} {'2B':>6} {'phase':<8} {'ms':>9} {'TFLOP/s':>8} "
+            f"{'provider':<14} {'mode':<9} {'2B':>6} {'phase':<8} {'ms':>9} {'TFLOP/s':>8} "
             f"{'% peak':>7} {'% mm':>6}  status"
         )
         for r in tim:
             out.append(
-                f"{r['provider']:<14} {r['dtype']:<5} {r['N']:>6} {r.get('phase', '-'):<8} "
+                f"{r['provider']:<14} {r['mode']:<9} {r['N']:>6} {r.get('phase', '-'):<8} "
                 f"{_fmt(r.get('ms'), '.3f'):>9} {_fmt(r.get('tflops'), '.3g'):>8} "
                 f"{_fmt(r.get('pct_peak'), '.1f'):>7} {_fmt(r.get('pct_matmul'), '.1f'):>6}  "
                 f"{r['status']}"

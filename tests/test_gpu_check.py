@@ -40,14 +40,14 @@ def test_dry_run_passes_and_reports_every_section(tmp_path):
     assert meta["dry_run"] is True and "not GPU figures" in meta["note"]
     sizes = gpu_check.DRY_RUN
     corr = [r for r in rows if r["section"] == "correctness"]
-    assert {(r["dtype"], r["N"]) for r in corr} == {
-        (dt, n) for dt in gpu_check.DTYPES for n in sizes["correct_n"]
+    assert {(r["mode"], r["N"]) for r in corr} == {
+        (m, n) for m in gpu_check.MODES for n in sizes["correct_n"]
     }
     for r in corr:
         assert r["loss_rel_err"] <= r["loss_tol"] and r["grad_rel_err"] <= r["grad_tol"], r
     rep = [r for r in rows if r["section"] == "repeatability"]
-    assert {(r["dtype"], r["D"]) for r in rep} == {
-        (dt, d) for dt in gpu_check.DTYPES for d in sizes["repeat_d"]
+    assert {(r["mode"], r["D"]) for r in rep} == {
+        (m, d) for m in gpu_check.MODES for d in sizes["repeat_d"]
     }
     assert all(r["bitwise_equal"] and r["N"] % 16 for r in rep)  # ragged 2B
     timing = [r for r in rows if r["section"] == "timing"]
@@ -74,7 +74,7 @@ def test_wrong_or_unrepeatable_results_fail(monkeypatch, capsys):
     )
     assert cli.main(["gpu-check", "--dry-run"]) == 1
     out = capsys.readouterr().out
-    assert out.count("FAIL") == 2 * len(gpu_check.DTYPES)  # correctness and repeatability rows
+    assert out.count("FAIL") == 2 * len(gpu_check.MODES)  # correctness and repeatability rows
     assert "failing" in out
 
 
@@ -91,7 +91,11 @@ def test_bad_budget_names_the_argument():
 
 
 def test_device_peaks():
-    assert gpu_check.device_peak_tflops("NVIDIA H100 PCIe") == {"bf16": 756.0, "fp32": 51.0}
+    assert gpu_check.device_peak_tflops("NVIDIA H100 PCIe") == {
+        "bf16": 756.0,
+        "fp32": 51.0,
+        "fp32/high": 756.0,  # the fused kernels run fp16 operands under "high"
+    }
     assert gpu_check.device_peak_tflops("NVIDIA H100 80GB HBM3")["bf16"] == 989.0
     assert gpu_check.device_peak_tflops("NVIDIA A100-SXM4-80GB")["fp32"] == 19.5
     assert gpu_check.device_peak_tflops("Some Other GPU") is None
