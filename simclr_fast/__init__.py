@@ -9,7 +9,16 @@ from simclr_fast.backends import available_backends
 from simclr_fast.functional import nt_xent
 from simclr_fast.loss import NTXentLoss
 from simclr_fast.reference import nt_xent_reference
+from simclr_fast.supcon import SupConLoss, supcon
 
 __version__ = "0.1.0"
 
-__all__ = ["NTXentLoss", "available_backends", "nt_xent", "nt_xent_reference", "__version__"]
+__all__ = [
+    "NTXentLoss",
+    "SupConLoss",
+    "available_backends",
+    "nt_xent",
+    "nt_xent_reference",
+    "supcon",
+    "__version__",
+]
