@@ -6,6 +6,7 @@ anywhere else.
 """
 
 from simclr_fast.backends import available_backends
+from simclr_fast.cached import cached_backward
 from simclr_fast.functional import nt_xent
 from simclr_fast.loss import NTXentLoss
 from simclr_fast.reference import nt_xent_reference
@@ -17,6 +18,7 @@ __all__ = [
     "NTXentLoss",
     "SupConLoss",
     "available_backends",
+    "cached_backward",
     "nt_xent",
     "nt_xent_reference",
     "supcon",
