@@ -312,14 +312,15 @@ def _matmul_tflops(dtype: torch.dtype, device: str, dry: bool) -> float:
     return 2 * size**3 / (ms * 1e-3) / 1e12
 
 
-def _time_provider(fn, a, b, n: int, d: int, device: str) -> list[tuple[str, float, int]]:
-    """``(phase, ms, FLOPs)`` for fwd, bwd (the difference) and fwd+bwd of ``fn(a, b)``."""
+def _time_provider(fn, a, b, n: int, d: int, device: str) -> list[tuple[str, float | None, int]]:
+    """``(phase, ms, FLOPs)`` for fwd, bwd and fwd+bwd of ``fn(a, b)``; bwd is the difference of
+    the two medians, ``None`` when timing noise makes it non-positive."""
     fwd = _bench(lambda: fn(a, b), device)
     full = _bench(lambda: fn(a, b).backward(), device, grad_to_none=[a, b])
     a.grad = b.grad = None
     return [
         ("fwd", fwd, 2 * n * n * d),
-        ("bwd", max(full - fwd, 0.0), 4 * n * n * d),
+        ("bwd", full - fwd if full > fwd else None, 4 * n * n * d),
         ("fwd+bwd", full, 6 * n * n * d),
     ]
 
@@ -380,7 +381,7 @@ def run_timing(sizes: dict, device: str, dry: bool, deadline: float) -> list[dic
                         rows.append(dict(base, status=status))
                         continue
                     for phase, ms, flops in phases:
-                        tflops = flops / (ms * 1e-3) / 1e12 if ms > 0 else None
+                        tflops = flops / (ms * 1e-3) / 1e12 if ms else None
                         pct = 100 * tflops / peaks[mode] if peaks and tflops else None
                         rows.append(
                             dict(

@@ -54,7 +54,10 @@ def test_dry_run_passes_and_reports_every_section(tmp_path):
     assert {(r["provider"], r["phase"]) for r in timing} == {
         (p, ph) for p in ("fused", "naive", "naive-compile") for ph in ("fwd", "bwd", "fwd+bwd")
     }
-    assert all(r["ms"] > 0 and r["pct_peak"] is None for r in timing)  # no peak for a CPU
+    for r in timing:
+        assert r["pct_peak"] is None, r  # no spec-sheet peak for a CPU
+        # bwd is fwd+bwd minus fwd: None when CPU timing noise makes it non-positive
+        assert r["ms"] > 0 if r["phase"] != "bwd" else r["ms"] is None or r["ms"] > 0, r
 
 
 def test_wrong_or_unrepeatable_results_fail(monkeypatch, capsys):
