@@ -168,6 +168,21 @@ def test_one_tensor_a_closure_over_labels_and_the_losss_own_parameter():
     _assert_grads_close([x.grad, log_tau.grad], [gx, gt], 1e-5, "input and temperature")
 
 
+def test_supconloss_with_labels_through_a_closure():
+    supcon = simclr_fast.SupConLoss(temperature=0.2, backend="torch")
+    labels = torch.arange(9) % 3
+    model = _gn_net()
+    inputs = _views(9)
+
+    def loss_fn(z0, z1):
+        return supcon(torch.stack([z0, z1], dim=1), labels)
+
+    loss0, expected = _plain(model, inputs, loss_fn)
+    loss1, actual = _cached(model, inputs, loss_fn, 4)
+    torch.testing.assert_close(loss1, loss0, rtol=1e-6, atol=0)
+    _assert_grads_close(actual, expected, 1e-5, "SupConLoss")
+
+
 def test_channels_last_and_autocast_bf16():
     loss_fn = NTXentLoss(TAU, backend="torch")
     model = _gn_net().to(memory_format=torch.channels_last)
