@@ -107,7 +107,7 @@ def test_module_matches_functional_and_lightly_defaults():
 
 
 def test_matches_pytorch_metric_learning():
-    """pytorch-metric-learning's SelfSupervisedLoss(NTXentLoss(τ)) has the same value (DESIGN.md §2)."""
+    """pytorch-metric-learning's SelfSupervisedLoss(NTXentLoss(τ)) has the same value (docs/design.md §2)."""
     pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
     out0, out1 = _inputs(32, 16, torch.float64)
     tau = 0.2
@@ -204,8 +204,9 @@ def test_bad_backend_names():
         nt_xent(torch.randn(2, 3), torch.randn(2, 3), backend="fast")
 
 
-def test_unsupported_memory_bank():
-    with pytest.raises(ValueError, match="memory_bank_size"):
+def test_bare_memory_bank_size_warns():
+    """A bare int K is lightly's deprecated form (tests/test_memory_bank.py covers the bank)."""
+    with pytest.warns(UserWarning, match="memory_bank_size=4096 without the feature dimension"):
         NTXentLoss(memory_bank_size=4096)
 
 
