@@ -102,3 +102,11 @@ def test_device_peaks():
     assert gpu_check.device_peak_tflops("NVIDIA H100 80GB HBM3")["bf16"] == 989.0
     assert gpu_check.device_peak_tflops("NVIDIA A100-SXM4-80GB")["fp32"] == 19.5
     assert gpu_check.device_peak_tflops("Some Other GPU") is None
+
+
+def test_naive_cases_that_cannot_fit_are_skipped(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (80 * 2**30, 80 * 2**30))
+    # 16·(2B)² bytes: 64 GiB at 2B = 65536 is over 70 % of 80 GiB; 4 GiB at 16384 is not
+    assert "skipped: predicted 64 GiB" in gpu_check._naive_too_big(65536, "cuda")
+    assert gpu_check._naive_too_big(16384, "cuda") is None
+    assert gpu_check._naive_too_big(65536, "cpu") is None  # the dry run has no such check
