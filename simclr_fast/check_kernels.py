@@ -295,8 +295,17 @@ def probe(case: dict) -> list[dict]:
         finally:
             torch.set_float32_matmul_precision(saved)
 
+    where = dict(dtype=case["dtype"], D=case["d"], N=case["n"], temperature=case["temperature"])
+    where.update(precision=case["precision"], specialization="launched")
+    try:
+        launches = _record_launches(run_loss)
+        if not launches:
+            raise RuntimeError("the loss launched no Triton kernel")
+    except Exception as exc:  # a row saying why, for every architecture
+        error = f"probe: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+        return [dict(where, kernel="-", arch=arch, error=error) for arch in case["archs"]]
     specs = []
-    for fn, args, kwargs in _record_launches(run_loss):
+    for fn, args, kwargs in launches:
         for arch in case["archs"]:
             spec = _specialize(fn, args, kwargs, ARCHS[arch])
             spec.update(
@@ -621,13 +630,16 @@ def run(args: argparse.Namespace) -> int:
             max_workers=jobs, mp_context=get_context("spawn"), initializer=_worker_init
         ) as pool:
             specs = [spec for specs in pool.map(probe, plan(args)) for spec in specs]
-            unique = list({_compile_key(s): s for s in specs}.values())
+            unique = list({_compile_key(s): s for s in specs if "error" not in s}.values())
             compiled = dict(zip(map(_compile_key, unique), pool.map(compile_one, unique)))
     finally:
         if saved is not None:
             os.environ["TRITON_INTERPRET"] = saved
     rows = []
     for spec in specs:
+        if "error" in spec:  # the probe itself failed
+            rows.append(dict(spec, status=verdict(spec)))
+            continue
         row = dict(compiled[_compile_key(spec)])
         row.update(
             dtype=spec["dtype"],

@@ -11,6 +11,9 @@ interpreter mode.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -194,3 +197,24 @@ def test_verdict_flags_each_defect():
     assert check_kernels.verdict(_row(), enforce_goal=False) == "ok"
     assert "goal 15" in check_kernels.verdict(_row(), enforce_goal=True)
     assert check_kernels.verdict(_row(instrs_per_element=14.0), enforce_goal=True) == "ok"
+
+
+_BROKEN_LOSS = """
+import json, simclr_fast
+from simclr_fast import check_kernels as ck
+def broken(*args, **kwargs):
+    raise ValueError("broken loss")
+simclr_fast.nt_xent = broken
+case = dict(dtype="bf16", d=64, n=64, temperature=0.1, precision="-", archs=["sm_80", "sm_90"])
+print(json.dumps([ck.verdict(r) for r in ck.probe(case)]))
+"""
+
+
+def test_a_probe_that_fails_is_a_failing_row_per_arch():
+    # the probe must run where Triton was imported without the interpreter: a fresh process
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run(
+        [sys.executable, "-c", _BROKEN_LOSS], env=env, capture_output=True, text=True, check=True
+    )
+    statuses = json.loads(out.stdout.strip().splitlines()[-1])
+    assert statuses == ["FAIL: probe: ValueError: broken loss"] * 2
