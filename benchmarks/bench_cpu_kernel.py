@@ -17,6 +17,7 @@ Usage::
 
     .venv/bin/python benchmarks/bench_cpu_kernel.py                 # the issue's figures (~4 min)
     .venv/bin/python benchmarks/bench_cpu_kernel.py --tiles 128x128,256x256,256x1024
+    .venv/bin/python benchmarks/bench_cpu_kernel.py --bank 256,65536    # memory-bank mode (#13)
 
 Tile shape (csrc/ntxent.cpp, kDefaultTileRows/Cols): measured with ``--tiles`` on the 2-core AMD
 EPYC (Zen 3, AVX2) dev machine, 2026-11-22; the numbers are in ``TILE_MEASUREMENT`` below.
@@ -120,6 +121,9 @@ def _run_case(spec: dict) -> dict:
         gflops = [2 * 4096**3 / t / 1e9 for t in times]
         return {"times": times, "gflops": statistics.median(gflops), "probe_gflops": probes}
 
+    if provider.startswith("bank-"):
+        return _run_bank(spec)
+
     import simclr_fast
     from simclr_fast.reference import nt_xent_reference
 
@@ -186,6 +190,106 @@ def _run_case(spec: dict) -> dict:
     }
 
 
+def _run_bank(spec: dict) -> dict:
+    """Memory-bank mode (issue #13): B anchors against K keys, forward + backward (no key gradient).
+
+    ``bank-cpu`` calls the C++ ops in keys mode (:class:`CPUBackend`, rectangular tiles, the
+    ``B × K`` logits never exist); ``bank-naive`` materializes them as lightly does
+    (``cat([s_pos, q·bankᵀ]) / τ``, log-sum-exp, autograd). τ = 0.1; the O(B·D) positive term of
+    a real loss is left out of the fused case.
+    """
+    import gc
+
+    import torch
+    import torch.nn.functional as F
+
+    b, k, d, inv_tau = spec["n"], spec["k"], spec["d"], 10.0
+    q = F.normalize(torch.randn(b, d), dim=1)
+    p = F.normalize(torch.randn(b, d), dim=1)
+    keys = F.normalize(torch.randn(k, d), dim=1)
+    if spec["provider"] == "bank-cpu":
+        from simclr_fast.backends.cpu import CPUBackend
+
+        cpu = CPUBackend()
+        shift = (inv_tau * (q * p).sum(1)).contiguous()
+
+        def once():
+            t0 = time.perf_counter()
+            x = cpu.forward_lse(q, 0, b, inv_tau, shift, keys=keys)
+            t1 = time.perf_counter()
+            cpu.backward_rows(q, shift, x, torch.sigmoid(-x) / b, 0, b, inv_tau, keys=keys)
+            return t1 - t0, time.perf_counter() - t1
+
+    else:
+        qg = q.clone().requires_grad_(True)
+
+        def once():
+            qg.grad = None
+            t0 = time.perf_counter()
+            pos = (qg * p).sum(1, keepdim=True)
+            logits = torch.cat([pos, qg @ keys.T], dim=1) * inv_tau
+            loss = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+            t1 = time.perf_counter()
+            loss.backward()
+            return t1 - t0, time.perf_counter() - t1
+
+    once()
+    probe = _Probe()
+    fwd, bwd, probes = [], [], []
+    for _ in range(spec["repeats"]):
+        probes.append(probe())
+        f, g = once()
+        fwd.append(f)
+        bwd.append(g)
+    gc.collect()
+    exact = _reset_peak()
+    base_kb = _rss_kb("VmRSS")
+    once()
+    return {
+        "times": [f + g for f, g in zip(fwd, bwd)],
+        "fwd": fwd,
+        "bwd": bwd,
+        "probe_gflops": probes,
+        "rss_growth_mb": (_rss_kb("VmHWM") - base_kb) / 1024,
+        "peak_reset": exact,
+        "isa": _isa(),
+    }
+
+
+def _bank_report(args) -> int:
+    """``--bank B,K``: the fused keys mode (2 threads, 1 thread) against the materialized logits."""
+    b, k = (int(v) for v in args.bank.split(","))
+    d, results = args.d, {}
+    for key, provider, threads in (
+        ("bank-cpu", "bank-cpu", 2),
+        ("bank-cpu 1 thread", "bank-cpu", 1),
+        ("bank-naive", "bank-naive", 2),
+    ):
+        spec = {"provider": provider, "n": b, "k": k, "d": d, "threads": threads}
+        print(f"... {key}", file=sys.stderr, flush=True)
+        results[key] = run_case({**spec, "repeats": args.repeats, "warmup": True}, 900)
+    print(
+        f"\nmemory-bank mode fwd+bwd, fp32, B = {b}, K = {k}, D = {d}, τ = 0.1; {os.cpu_count()} CPUs"
+    )
+    print(f"{'case':<20} {'median s':>8} {'fwd/bwd s':>13} {'GFLOP/s':>8} {'RSS+ MB':>8}")
+    for key, r in results.items():
+        if "error" in r:
+            print(f"{key:<20} ERROR {r['error'].strip().splitlines()[-1:]}")
+            continue
+        t = _median(r)
+        # Fused: forward 2·B·K·D, backward recompute + G·keys 4·B·K·D; naive: 2 + 2 (no recompute).
+        flops = (6 if key.startswith("bank-cpu") else 4) * b * k * d
+        fb = f"{_median(r, 'fwd'):.3f}/{_median(r, 'bwd'):.3f}"
+        print(f"{key:<20} {t:8.3f} {fb:>13} {flops / t / 1e9:8.1f} {r['rss_growth_mb']:8.1f}")
+    two, one = results["bank-cpu"], results["bank-cpu 1 thread"]
+    if "error" not in two and "error" not in one:
+        print(f"1 -> 2 threads speed-up: {_median(one) / _median(two):.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": {"b": b, "k": k, "d": d}, "results": results}, f, indent=1)
+    return 0
+
+
 def _isa() -> str | None:
     from simclr_fast import _extension
 
@@ -250,7 +354,10 @@ def _tile_sweep(args) -> int:
     torch.set_num_threads(args.threads)
     n, d = args.n, args.d
     z = torch.nn.functional.normalize(torch.randn(n, d), dim=1)
-    coef = torch.full((n,), 1.0 / n)
+    # NT-Xent's calls: shift = the positive logit, the positive excluded, weight ~ coef.
+    pos = (torch.arange(n) + n // 2) % n
+    shift = (2.0 * (z * z[pos]).sum(1)).contiguous()
+    weight = torch.full((n,), 1.0 / n)
     backend, probe = CPUBackend(), _Probe()
     shapes = [tuple(t.split("x")) for t in args.tiles.split(",")]
     costs: dict[tuple, list[tuple[float, float, float]]] = {shape: [] for shape in shapes}
@@ -259,9 +366,9 @@ def _tile_sweep(args) -> int:
             os.environ["SIMCLR_FAST_CPU_TILE"], os.environ["SIMCLR_FAST_CPU_TILE_COLS"] = rows, cols
             g = probe()
             t0 = time.perf_counter()
-            lse = backend.forward_lse(z, 0, n, 2.0)
+            x = backend.forward_lse(z, 0, n, 2.0, shift, pos)
             t1 = time.perf_counter()
-            backend.backward_rows(z, lse, coef, 0, n, 2.0)
+            backend.backward_rows(z, shift, x, weight, 0, n, 2.0, pos)
             t2 = time.perf_counter()
             costs[(rows, cols)].append(((t2 - t0) * g * 1e9 / (4 * n * n * d), t1 - t0, t2 - t1))
     print(
@@ -292,12 +399,17 @@ def main(argv: list[str] | None = None) -> int:
         "--tiles", help="compare tile shapes instead, e.g. 256x256,256x1024 (rows x columns)"
     )
     p.add_argument("--threads", type=int, default=2, help="threads for --tiles (default 2)")
+    p.add_argument(
+        "--bank", help="memory-bank (keys) mode instead, B,K, e.g. 256,65536 (issue #13's figure)"
+    )
     p.add_argument("--json", help="write all results to this file")
     args = p.parse_args(argv)
 
     if args.case:
         print(json.dumps(_run_case(json.loads(args.case))))
         return 0
+    if args.bank:
+        return _bank_report(args)
 
     import torch
 
