@@ -2,6 +2,8 @@
 
 Each sub-command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
 modules are imported only when their sub-command runs, so ``simclr-fast --help`` stays fast.
+``args.explicit_options`` is the set of destinations the command line gave explicitly (the others
+hold their defaults): ``train --resume`` tells a repeated flag from a default with it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ COMMANDS = {
     ),
     "check-kernels": (
         "simclr_fast.check_kernels",
-        "compile every Triton kernel for sm_80/sm_90 and report resources",
+        "compile the launched Triton kernel variants for sm_80/sm_90 and report resources",
     ),
     "gpu-check": (
         "simclr_fast.gpu_check",
@@ -36,6 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def explicit_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the options ``argv`` gives explicitly, even at their default value."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        given = parser.parse_args(argv)  # already parsed once: no new errors here
+    finally:
+        for action, default in saved:
+            action.default = default
+    return set(vars(given)) - set(parser._defaults)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``simclr-fast``; returns the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -49,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = argparse.ArgumentParser(prog=f"simclr-fast {name}", description=COMMANDS[name][1])
     module.add_arguments(sub)
     args = sub.parse_args(rest)
+    args.explicit_options = explicit_options(sub, rest)
     return int(module.run(args) or 0)
 
 

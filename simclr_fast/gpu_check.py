@@ -1,4 +1,7 @@
-"""``simclr-fast gpu-check``: the first thing to run on a GPU box, one prepared run of a few minutes.
+"""``simclr-fast gpu-check``: the first thing to run on a GPU box, one prepared run on one GPU.
+
+It is meant to finish within 5 minutes on one GPU (``--budget`` bounds the timing section); that
+is a design budget: the command has never run on a GPU, only as its ``--dry-run``.
 
 Three sections, all through the public API (``simclr_fast.nt_xent(..., backend="triton")``), so the
 check keeps working whatever the kernels look like inside:
