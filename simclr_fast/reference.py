@@ -16,7 +16,7 @@ def nt_xent_reference(
     """NT-Xent over the ``2B`` rows of ``cat(out0, out1)``, computed naively in the inputs' dtype.
 
     ``loss = mean_i [logsumexp_{j≠i}(s_ij) − s_{i,pos(i)}]`` with ``s = z zᵀ / τ``,
-    ``z = normalize(cat(out0, out1))`` and ``pos(i) = (i + B) mod 2B`` (DESIGN.md §2).
+    ``z = normalize(cat(out0, out1))`` and ``pos(i) = (i + B) mod 2B`` (docs/design.md §2).
 
     Args:
         out0: First view's embeddings.
@@ -76,7 +76,7 @@ def nt_xent_reference_rows(
     ``z`` holds normalized embeddings laid out rank by rank, each rank's block being
     ``[view 0 (B rows); view 1 (B rows)]`` with ``B = row_count // 2``; a row's positive lies in its
     own block. With ``row_start = 0, row_count = len(z)`` this is the single-process loss; with a
-    rank's block it is that rank's loss under ``gather_distributed`` (DESIGN.md §3).
+    rank's block it is that rank's loss under ``gather_distributed`` (docs/design.md §3).
     """
     n = z.shape[0]
     b = row_count // 2
