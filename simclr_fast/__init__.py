@@ -12,7 +12,7 @@ from simclr_fast.functional import nt_xent
 from simclr_fast.loss import NTXentLoss
 from simclr_fast.memory_bank import memory_bank_loss
 from simclr_fast.reference import nt_xent_reference
-from simclr_fast.supcon import SupConLoss, supcon
+from simclr_fast.supcon import SupConLoss, supcon_loss
 
 __version__ = "0.1.0"
 
@@ -26,6 +26,6 @@ __all__ = [
     "memory_bank_loss",
     "nt_xent",
     "nt_xent_reference",
-    "supcon",
+    "supcon_loss",
     "__version__",
 ]

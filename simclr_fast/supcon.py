@@ -143,7 +143,7 @@ def _check_mask(mask, features: torch.Tensor) -> None:
 def check_supcon_options(
     base_temperature, contrast_mode: str, without_positives: str, backend: str
 ) -> float | None:
-    """Validate the options shared by :func:`supcon` and :class:`SupConLoss`; returns base_τ."""
+    """Validate the options shared by :func:`supcon_loss` and :class:`SupConLoss`; returns base_τ."""
     if contrast_mode not in CONTRAST_MODES:
         raise ValueError(
             f"contrast_mode must be 'all' (every row is an anchor) or 'one' (view 0's rows only), "
@@ -298,7 +298,7 @@ def _reference_rows(rows, z_all, row_start, pos_weight, inv_tau):
     return lse - mean_pos, cnt != 0
 
 
-def supcon(
+def supcon_loss(
     features: torch.Tensor,
     labels: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
@@ -357,11 +357,11 @@ def supcon(
 
     Examples:
         >>> import torch
-        >>> from simclr_fast.supcon import supcon
+        >>> from simclr_fast.supcon import supcon_loss
         >>> features = torch.randn(8, 2, 16)              # 8 samples, 2 views each
         >>> labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-        >>> loss = supcon(features, labels, temperature=0.1)
-        >>> ref = supcon(features, labels, temperature=0.1, backend="reference")
+        >>> loss = supcon_loss(features, labels, temperature=0.1)
+        >>> ref = supcon_loss(features, labels, temperature=0.1, backend="reference")
         >>> torch.allclose(loss, ref)
         True
     """
@@ -517,7 +517,7 @@ class SupConLoss(nn.Module):
 
     No ``N × N`` similarity matrix and no ``B × B`` mask is formed from labels: the row
     log-sum-exp comes from the same fused kernels as :class:`simclr_fast.NTXentLoss` and the
-    positive term from per-class sums (:func:`supcon`, docs/design.md §8).
+    positive term from per-class sums (:func:`supcon_loss`, docs/design.md §8).
 
     Args:
         temperature: τ (PML's default 0.1; HobbitLong's is 0.07); or a positive 0-dim tensor to
@@ -535,7 +535,7 @@ class SupConLoss(nn.Module):
         features: ``(B, V, D)`` or ``(N, D)``; labels: ``(B,)``; mask: ``(B, B)``. Output: scalar.
 
     Raises:
-        ValueError: bad options (at construction), or bad inputs (see :func:`supcon`).
+        ValueError: bad options (at construction), or bad inputs (see :func:`supcon_loss`).
         TypeError: arguments of the wrong type.
 
     Examples:
@@ -584,8 +584,8 @@ class SupConLoss(nn.Module):
         labels: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The mean SupCon loss over the anchors; see :func:`supcon`."""
-        return supcon(
+        """The mean SupCon loss over the anchors; see :func:`supcon_loss`."""
+        return supcon_loss(
             features,
             labels,
             mask,
