@@ -10,6 +10,7 @@ all-reduce per step.
 from __future__ import annotations
 
 import copy
+import csv
 import datetime
 import os
 import socket
@@ -426,3 +427,44 @@ def test_ddp_two_ranks_equal_the_single_process_full_batch():
         for p in ctx.processes:
             if p.is_alive():
                 os.kill(p.pid, 9)
+
+
+# ------------------------------------------------------------------------ simclr-fast bench step
+
+
+def test_bench_step_smoke_table_rows_and_plot(tmp_path, capsys):
+    from simclr_fast.cli import main
+
+    out = tmp_path / "bench"
+    argv = ["bench", "step", "--batches", "8", "32", "--micro-batch", "4", "--image-size", "8",
+            "--repeats", "1", "--threads", "1", "--timeout", "120", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    for variant in ("naive", "fused", "cached"):
+        assert f"largest batch under the cap, {variant}: 32" in text
+    with open(out / "results.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["suite"] == "step"]
+    peaks = {(r["provider"], r["n"]): float(r["value"]) for r in rows if r["metric"] == "peak_mb"}
+    assert set(peaks) == {(v, b) for v in ("naive", "fused", "cached") for b in ("8", "32")}
+    losses = {
+        r["provider"]: float(r["value"]) for r in rows if r["metric"] == "loss" and r["n"] == "32"
+    }
+    # the same first step of the same model on the same images: the same loss whatever the variant
+    # (cached: BatchNorm normalizes micro-batches of 4 images, so only close)
+    assert abs(losses["naive"] - losses["fused"]) < 1e-4 * losses["naive"]
+    assert abs(losses["cached"] - losses["fused"]) < 0.1 * losses["fused"]
+    with open(out / "step.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_step_a_case_over_the_memory_cap_is_a_row(tmp_path, capsys):
+    from simclr_fast.cli import main
+
+    argv = ["bench", "step", "--batches", "512", "1024", "--variants", "naive", "--image-size", "16",
+            "--mem-cap-mb", "4", "--repeats", "1", "--threads", "1", "--timeout", "120",
+            "--no-save"]  # fmt: skip
+    assert main(argv) == 1  # nothing ran
+    text = capsys.readouterr().out
+    assert "OOM" in text and "under the 4 MB cap" in text
+    assert "not run: oom already at batch 512" in text
+    assert "largest batch under the cap, naive: none of the batches run" in text

@@ -93,6 +93,10 @@ def _die_with_parent() -> None:
 
 def run_case(spec: dict) -> dict:
     """Measure one case; returns the result fields (``status`` is ``ok``, ``oom`` or ``error``)."""
+    if spec.get("suite") == "step":  # simclr-fast bench step: a training step, same isolation
+        from simclr_fast.bench.step import run_case as run_step_case
+
+        return run_step_case(spec)
     if spec.get("isolated", True):
         _die_with_parent()
     torch.set_num_threads(spec["threads"])

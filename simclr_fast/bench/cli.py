@@ -1,4 +1,4 @@
-"""``simclr-fast bench [loss|dist|augment] ...``: routes to the benchmark modes (``loss`` by default).
+"""``simclr-fast bench [loss|dist|augment|step] ...``: routes to the benchmark modes (``loss`` by default).
 
 ``simclr-fast bench --sizes 1024 4096`` is ``simclr-fast bench loss --sizes 1024 4096``. The loss
 flags are registered on the top parser too, so they work without the mode word. The ``dist`` and
@@ -19,6 +19,10 @@ MODES = {
     "loss": ("simclr_fast.bench.loss", "fused vs naive NT-Xent: time, memory, scaling (default)"),
     "dist": ("simclr_fast.bench.dist", "the distributed loss across processes (torch.distributed)"),
     "augment": ("simclr_fast.bench.augment", "augmentation throughput"),
+    "step": (
+        "simclr_fast.bench.step",
+        "one training step's peak memory and time vs batch: plain, fused, fused + cached",
+    ),
 }
 
 
@@ -86,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         + ". Without a mode the loss benchmark runs with the flags below."
     )
     sub = parser.add_subparsers(
-        dest="mode", metavar="{loss,dist,augment}", parser_class=_LazyModeParser
+        dest="mode", metavar="{" + ",".join(MODES) + "}", parser_class=_LazyModeParser
     )
     for name, (module, help_text) in MODES.items():
         sub.add_parser(name, help=help_text, description=help_text, mode_module=module)
