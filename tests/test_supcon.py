@@ -9,6 +9,7 @@ PML itself is called too. Every fused backend that runs on CPU is checked, Trito
 interpreter at small sizes; the distributed tests spawn two gloo ranks with different data.
 """
 
+# ruff: noqa: B023  (every lambda in a loop is called in the same iteration)
 from __future__ import annotations
 
 import os
