@@ -101,6 +101,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="global batch (images per step over all processes; each view counts once)",
     )
     o.add_argument(
+        "--micro-batch",
+        type=_number(int, 1),
+        default=None,
+        metavar="M",
+        help="cached-gradient step: embed M images (both views) at a time, so memory does not grow "
+        "with --batch-size (M per process under torchrun); BatchNorm then normalizes micro-batches "
+        "of M images (default: the plain step, the whole batch at once)",
+    )
+    o.add_argument(
         "--epochs",
         type=_number(int, 1),
         default=None,

@@ -43,6 +43,7 @@ class TrainConfig:
     backbone: str | None = None
     proj_dim: int = 128
     batch_size: int = 256
+    micro_batch: int | None = None
     epochs: int | None = None
     time_budget: float | None = None
     optimizer: str | None = None

@@ -42,6 +42,7 @@ from simclr_fast.train.sources import (
     raw_pixels,
     train_batches,
 )
+from simclr_fast.train.step import train_step
 
 CSV_FIELDS = (
     "epoch",
@@ -468,13 +469,15 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
             for step, x in enumerate(batches, start=first):
                 aug_gen.manual_seed(_seed(cfg.seed, epoch, step, d.rank))
                 view0, view1 = augment(x, generator=aug_gen)
-                x2 = torch.cat([view0, view1]).contiguous(memory_format=memory_format)
-                with _autocast(cfg, device):
-                    z0, z1 = net(x2).chunk(2)
-                loss = loss_fn(z0, z1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss = train_step(
+                    net,
+                    (view0, view1),
+                    loss_fn,
+                    optimizer,
+                    micro_batch=cfg.micro_batch,
+                    autocast=lambda: _autocast(cfg, device),
+                    memory_format=memory_format,
+                )
                 steps_done += 1
                 loss_sum += loss.detach()
                 elapsed = train_seconds + time.perf_counter() - t_epoch
