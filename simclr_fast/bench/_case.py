@@ -102,9 +102,24 @@ def run_case(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
-    provider = get_provider(spec["provider"])
     result: dict = {"status": "ok"}
-    loss_fn = make_loss(spec["provider"], spec["temperature"])
+    if spec.get("loss", "ntxent") == "bank":  # simclr-fast bench loss --loss bank
+        from simclr_fast.bench import bank
+
+        provider = bank.get_provider(spec["provider"], spec["bank_size"])
+        loss_fn = bank.make_loss(
+            spec["provider"], spec["temperature"], spec["bank_size"], spec["d"], device
+        )
+    elif spec.get("loss") == "supcon":  # simclr-fast bench loss --loss supcon
+        from simclr_fast.bench import supcon
+
+        provider = supcon.get_provider(spec["provider"])
+        loss_fn = supcon.make_loss(
+            spec["provider"], spec["temperature"], spec["classes"], spec["seed"], device
+        )
+    else:
+        provider = get_provider(spec["provider"])
+        loss_fn = make_loss(spec["provider"], spec["temperature"])
 
     # Lazy one-time set-up outside every measurement: the thread pool, BLAS, lazily imported code.
     torch.ones(1 << 20).sum()

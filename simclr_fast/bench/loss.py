@@ -43,6 +43,8 @@ FULL_SIZES = tuple(1 << k for k in range(10, 17))
 #: Default memory cap on CPU, as a fraction of physical RAM (see ``_mem_cap_bytes``).
 DEFAULT_RAM_FRACTION = 0.5
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+#: ``--loss``: which loss the cases run (each mode keeps its providers in its own module).
+LOSSES = ("ntxent", "bank", "supcon")
 FAILED = ("oom", "over-cap", "timeout")
 
 #: Default time limit of one case (its own process: start-up, warm-up, memory pass, timed
@@ -116,6 +118,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)",
     )
     g.add_argument("--temperature", type=float, default=0.5, help="tau (default 0.5)")
+    g.add_argument(
+        "--loss",
+        choices=LOSSES,
+        default="ntxent",
+        help="ntxent (default): in-batch NT-Xent over 2B rows; bank: NTXentLoss with a memory bank, "
+        "B = 2B/2 anchors against --bank-size keys (simclr_fast.bench.bank)",
+    )
+    g.add_argument(
+        "--bank-size",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="keys in the memory bank for --loss bank (default 65536)",
+    )
+    g.add_argument(
+        "--classes",
+        type=_positive_int,
+        default=None,
+        metavar="C",
+        help="classes of the B samples for --loss supcon: SupCon L_out over 2B rows, two views "
+        "per sample, against NT-Xent on the same backend (default 100; simclr_fast.bench.supcon)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of the random embeddings (default 0)")
     m = parser.add_argument_group("loss benchmark: measurement")
     m.add_argument(
@@ -214,15 +238,22 @@ def _providers(
     args: argparse.Namespace, device: torch.device, dtype: torch.dtype
 ) -> tuple[list[str], list[str]]:
     """(providers to run, notes on the ones skipped)."""
-    wanted = args.providers or (list(P.BASELINES) + list(P.FUSED))
-    unknown = [p for p in wanted if p not in P.BASELINES + P.FUSED]
+    known, reason_of = list(P.BASELINES + P.FUSED), P.unavailable_reason
+    if getattr(args, "loss", "ntxent") == "bank":
+        from simclr_fast.bench import bank
+
+        known, reason_of = list(bank.PROVIDERS), bank.unavailable_reason
+    elif getattr(args, "loss", "ntxent") == "supcon":
+        from simclr_fast.bench import supcon
+
+        known, reason_of = list(supcon.PROVIDERS), supcon.unavailable_reason
+    wanted = args.providers or known
+    unknown = [p for p in wanted if p not in known]
     if unknown:
-        raise SystemExit(
-            f"--providers: unknown {unknown}; choose from {', '.join(P.BASELINES + P.FUSED)}"
-        )
+        raise SystemExit(f"--providers: unknown {unknown}; choose from {', '.join(known)}")
     run, notes = [], []
     for name in wanted:
-        reason = P.unavailable_reason(name, device, dtype)
+        reason = reason_of(name, device, dtype)
         if reason is None:
             run.append(name)
         elif args.providers or name not in P.FUSED or device.type == "cpu" and name != "triton":
@@ -316,6 +347,31 @@ class _ForkRunner:
         self.tmp.cleanup()
 
 
+def _bank_size(args: argparse.Namespace) -> int:
+    from simclr_fast.bench.bank import DEFAULT_BANK_SIZE
+
+    return getattr(args, "bank_size", None) or DEFAULT_BANK_SIZE
+
+
+def _classes(args: argparse.Namespace) -> int:
+    from simclr_fast.bench.supcon import DEFAULT_CLASSES
+
+    return getattr(args, "classes", None) or DEFAULT_CLASSES
+
+
+def _get_provider(name: str, args: argparse.Namespace) -> P.Provider:
+    """The provider ``name`` of the loss that ``--loss`` selects."""
+    if getattr(args, "loss", "ntxent") == "bank":
+        from simclr_fast.bench import bank
+
+        return bank.get_provider(name, _bank_size(args))
+    if getattr(args, "loss", "ntxent") == "supcon":
+        from simclr_fast.bench import supcon
+
+        return supcon.get_provider(name)
+    return P.get_provider(name)
+
+
 def _run_in_process(spec: dict, timeout: float) -> dict:
     """Debug/smoke mode: the case runs here (no time limit, no RLIMIT_AS, peaks may mix)."""
     from simclr_fast.bench._case import run_case
@@ -375,7 +431,12 @@ def _flatten(provider: P.Provider, spec: dict, result: dict) -> dict:
     case["loss"] = result.get("loss")
     if "compile_s" in result:
         case["compile_s"] = result["compile_s"]
-    useful = sum(P.useful_flops(spec["n"], spec["d"]))
+    if spec.get("loss") == "bank":
+        from simclr_fast.bench import bank
+
+        useful = sum(bank.useful_flops(spec["n"], spec["d"], spec["bank_size"]))
+    else:
+        useful = sum(P.useful_flops(spec["n"], spec["d"]))
     own = sum(provider.own_flops(spec["n"], spec["d"]))
     case["gflops_useful"] = useful / (case["fwdbwd_ms"] / 1e3) / 1e9
     case["gflops_own"] = own / (case["fwdbwd_ms"] / 1e3) / 1e9
@@ -403,6 +464,7 @@ def _derive(cases: list[dict], matmul: dict[str, dict]) -> list[str]:
         naive = by_key.get(("naive", c["n"], c["d"], c["dtype"]))
         if (
             naive
+            and not c["provider"].startswith("ntxent-")  # --loss supcon's yardstick: another loss
             and naive["status"] == "ok"
             and c["loss"] is not None
             and naive["loss"] is not None
@@ -466,7 +528,7 @@ def collect(args: argparse.Namespace) -> dict:
     check_estimate = args.mem_check in ("both", "estimate")
     use_rlimit = args.mem_check in ("both", "rlimit") and device.type == "cpu"
     for i, (name, n, d, dtype_name) in enumerate(plan, 1):
-        provider = P.get_provider(name)
+        provider = _get_provider(name, args)
         spec = {
             "provider": name,
             "n": n,
@@ -480,7 +542,12 @@ def collect(args: argparse.Namespace) -> dict:
             "budget_s": args.budget,
             "threads": threads,
             "rlimit_bytes": cap if use_rlimit else None,
+            "loss": getattr(args, "loss", "ntxent"),
         }
+        if spec["loss"] == "bank":
+            spec["bank_size"] = _bank_size(args)
+        if spec["loss"] == "supcon":
+            spec["classes"] = _classes(args)
         t0 = time.perf_counter()
         est = provider.estimate_bytes(n, d, getattr(torch, dtype_name))
         prior = failed_at.get((name, d, dtype_name))
@@ -515,6 +582,10 @@ def collect(args: argparse.Namespace) -> dict:
     if isinstance(runner, _ForkRunner):
         runner.close()
     warnings = _derive(cases, matmul)
+    if getattr(args, "loss", "ntxent") == "supcon":
+        from simclr_fast.bench import supcon
+
+        warnings += supcon.conclusions(cases)
     return {"cases": cases, "matmul": matmul, "meta": meta, "notes": notes, "warnings": warnings}
 
 
@@ -602,6 +673,16 @@ def format_header(result: dict, args: argparse.Namespace) -> str:
         + (f", triton {meta['triton']}" if meta["triton"] else "")
         + f", commit {meta['git_commit']}, tau {args.temperature}",
     ]
+    if getattr(args, "loss", "ntxent") == "bank":
+        lines.append(
+            f"loss: NTXentLoss with a memory bank of K = {_bank_size(args)} keys; B = 2B/2 anchors; "
+            "one call = bank snapshot + loss + enqueue; GFLOP/s on the naive 4*B*K*D FLOPs"
+        )
+    if getattr(args, "loss", "ntxent") == "supcon":
+        lines.append(
+            f"loss: SupCon L_out over 2B rows (B samples x 2 views, {_classes(args)} classes); "
+            "ntxent-<backend>: NT-Xent on the same rows and backend"
+        )
     for dtype_name, mm in result["matmul"].items():
         lines.append(
             f"matmul yardstick: torch.mm {mm['size']}x{mm['size']} {dtype_name} = "
@@ -679,6 +760,9 @@ def to_rows(result: dict, run_id: str, timestamp: str, args: argparse.Namespace)
         "suite": "loss",
         "temperature": args.temperature,
         "seed": args.seed,
+        "loss": getattr(args, "loss", "ntxent"),
+        **({"bank_size": _bank_size(args)} if getattr(args, "loss", "ntxent") == "bank" else {}),
+        **({"classes": _classes(args)} if getattr(args, "loss", "ntxent") == "supcon" else {}),
         "command": command_line(),
         **{k: v for k, v in meta.items() if k != "mem_cap_bytes"},
     }
