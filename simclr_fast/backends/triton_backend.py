@@ -134,18 +134,24 @@ class KernelConfig:
 #   product live in registers, so tiles are small: M32 N32 4 warps, 2 stages: 70/66 regs at
 #   BLOCK_D 64; M64 N32 spilled at BLOCK_D 128 on sm_90 and M64 N64 on sm_80 at BLOCK_D 64.
 #   The fp32 backward with D chunks spilled at 2 stages on sm_80 (168 regs, 4 LDL/STL); 1 stage
-#   gives 127 regs and no spills (M32 N16 spilled, M16 N32 did not but halves the row reuse).
+#   gave 127 regs and no spills (M32 N16 spilled, M16 N32 did not but halves the row reuse).
+#   Re-checked 2026-12-02 for the contract kernels, every flag combination (launch_flags): the
+#   backward at 3 stages (both D paths) and the chunked forward at 3 stages compile without
+#   spills on sm_80 and sm_90 except the chunked forward's online-max keys variant on sm_90 (2
+#   LDL/STL, the row sums kept in local memory across the D loop; |tau| < 0.025 with a memory
+#   bank, fp32, D > 64); 2 stages spilled 2-3 in three keys variants on sm_80, 1 stage 2-20.
 _CHUNK_D = 64
 _BLOCK_D_CHOICES = {"16bit": (64, 128), "fp32": (64,)}
 _TILES: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("fwd", "16bit"): (128, 64, 8, 3),
     ("bwd", "16bit"): (64, 64, 4, 3),
     ("fwd", "fp32"): (32, 32, 4, 2),
-    ("bwd", "fp32"): (32, 32, 4, 2),
+    ("bwd", "fp32"): (32, 32, 4, 3),
 }
 #: Overrides for the chunked-D variant (SINGLE_D=False), same reasoning as above.
 _TILES_CHUNKED: dict[tuple[str, str], tuple[int, int, int, int]] = {
-    ("bwd", "fp32"): (32, 32, 4, 1),
+    ("fwd", "fp32"): (32, 32, 4, 3),
+    ("bwd", "fp32"): (32, 32, 4, 3),
 }
 
 
