@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import csv
 import datetime
+import json
 import os
 import socket
 import time
@@ -468,3 +469,71 @@ def test_bench_step_a_case_over_the_memory_cap_is_a_row(tmp_path, capsys):
     assert "OOM" in text and "under the 4 MB cap" in text
     assert "not run: oom already at batch 512" in text
     assert "largest batch under the cap, naive: none of the batches run" in text
+
+
+# --------------------------------------------------------------------- simclr-fast train --micro-batch
+
+QUICK_TRAIN = ["--knn-every", "0", "--no-probe", "--no-progress", "--batch-size", "512"]
+
+
+@pytest.fixture
+def one_thread():
+    """The training tests run in this process: one thread keeps them steady on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_train_with_micro_batch_runs_and_writes_its_artefacts(tmp_path, one_thread):
+    from simclr_fast.cli import main
+
+    out = tmp_path / "mb"
+    assert main(["train", "--output-dir", str(out), *QUICK_TRAIN, "--epochs", "1",
+                 "--micro-batch", "64"]) == 0  # fmt: skip
+    for name in ("checkpoint.pt", "metrics.csv", "loss_knn.png", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["micro_batch"] == 64 and summary["steps"] == 1197 // 512
+    assert 0 < summary["final_loss"] < 10
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["micro_batch"] == 64
+
+
+def test_train_with_micro_batch_resumes_exactly(tmp_path, monkeypatch, one_thread):
+    from simclr_fast.cli import main
+    from simclr_fast.train import loop
+
+    class StopAfterOneStep(loop.StopRequest):
+        """A Ctrl-C after the first training step (the loop reads the flag once per step)."""
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        @property
+        def requested(self):
+            return True
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    flags = [*QUICK_TRAIN, "--epochs", "2", "--micro-batch", "200"]  # 200: does not divide 512
+    straight, parted = str(tmp_path / "straight"), str(tmp_path / "parted")
+    assert main(["train", "--output-dir", straight, *flags]) == 0
+    monkeypatch.setattr(loop, "StopRequest", StopAfterOneStep)
+    assert main(["train", "--output-dir", parted, *flags]) == 130
+    state = torch.load(os.path.join(parted, "checkpoint.pt"), weights_only=False)
+    assert (state["epoch"], state["step"]) == (0, 1)
+    monkeypatch.undo()
+    assert main(["train", "--output-dir", parted, *flags, "--resume", parted]) == 0
+    a, b = (
+        torch.load(os.path.join(d, "checkpoint.pt"), weights_only=False)["model"]
+        for d in (straight, parted)
+    )
+    assert a.keys() == b.keys()
+    for key in a:  # weights and BatchNorm running statistics, bit for bit
+        assert torch.equal(a[key], b[key]), key
