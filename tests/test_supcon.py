@@ -480,3 +480,49 @@ def test_exported():
 
     assert module.SupConLoss is SupConLoss
     assert nt_xent is simclr_fast.nt_xent
+
+
+# ------------------------------------------------------------------ simclr-fast bench --loss supcon
+
+
+@pytest.mark.timeout(300)
+def test_bench_supcon_mode_rows_and_agreement(tmp_path, capsys):
+    """Tiny sizes, each case in its own process: every provider agrees with the naive loss."""
+    import csv
+    import json
+
+    from simclr_fast.cli import main
+
+    out = tmp_path / "res"
+    providers = ["naive", "pml", "torch", "ntxent-torch"] + [
+        p for p in ("cpu", "ntxent-cpu") if "cpu" in cpu_backends()
+    ]
+    tiny = ["--dims", "8", "--repeats", "2", "--min-repeats", "1", "--matmul-size", "64"]
+    argv = ["bench", "loss", "--loss", "supcon", "--classes", "3", "--sizes", "24"]
+    rc = main([*argv, "--providers", *providers, "--out", str(out), "--no-plot", *tiny])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "3 classes" in text and "warning:" not in text
+    assert "x NT-Xent's" in text  # the yardstick ratio is printed per fused backend
+    with (out / "results.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    cases = {(r["provider"], r["metric"]): r for r in rows if r["provider"] != "torch.mm"}
+    losses = {}
+    for name in providers:
+        assert cases[(name, "fwdbwd_ms")]["status"] == "ok", name
+        extra = json.loads(cases[(name, "fwdbwd_ms")]["extra"] or "{}")
+        assert extra.get("loss") == "supcon" and extra.get("classes") == 3
+        losses[name] = float(cases[(name, "loss")]["value"])
+    for name in ("pml", "torch", "cpu"):
+        if name in losses:
+            assert losses[name] == pytest.approx(losses["naive"], rel=1e-5), name
+    # the same inputs with the labels made by the benchmark: SupCon's value, not NT-Xent's
+    from simclr_fast.bench import supcon as bench_supcon
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x0, x1 = torch.randn(12, 8, generator=g), torch.randn(12, 8, generator=g)
+    lab = bench_supcon.labels_for(12, 3, 0, torch.device("cpu"))
+    assert torch.bincount(lab).tolist() == [4, 4, 4]
+    exp = oracle(torch.stack([x0, x1], 1), lab, tau=0.5).item()
+    assert losses["naive"] == pytest.approx(exp, rel=1e-5)
+    assert losses["ntxent-torch"] == pytest.approx(nt_xent(x0, x1, 0.5).item(), rel=1e-5)
