@@ -236,15 +236,17 @@ def run_case(spec: dict) -> dict:
             _sync(device)
         first = (time.perf_counter() - t0) * 1e3
         result.update(peak_bytes=mem.bytes, memory_method=mem.method, loss=float(loss))
-        times, start = [], time.perf_counter()
+        times, cpu, start = [], [], time.perf_counter()
         for _ in range(spec["repeats"]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step(v0, v1)
             _sync(device)
             times.append((time.perf_counter() - t0) * 1e3)
+            cpu.append((time.process_time() - c0) * 1e3)
             if time.perf_counter() - start > spec["budget_s"]:
                 break
         result["times"] = summarize(times)
+        result["cpu_times"] = summarize(cpu)
         result["first_step_ms"] = first
     except BaseException as exc:  # noqa: BLE001 - every failure becomes a result row
         if isinstance(exc, KeyboardInterrupt):
@@ -320,6 +322,7 @@ def collect(args: argparse.Namespace) -> dict:
                 t = result["times"]
                 case.update(
                     step_ms=t["median"],
+                    cpu_ms=result["cpu_times"]["median"],
                     q1=t["q1"],
                     q3=t["q3"],
                     samples=t["n"],
@@ -361,7 +364,16 @@ def largest_fitting(cases: list[dict]) -> dict[str, int | None]:
 def format_table(result: dict) -> str:
     cases = result["cases"]
     by = {(c["variant"], c["batch"]): c for c in cases}
-    header = ["variant", "batch", "step ms", "peak MB", "time vs fused", "memory vs fused"]
+    header = [
+        "variant",
+        "batch",
+        "step ms",
+        "CPU ms",
+        "peak MB",
+        "time vs fused",
+        "CPU vs fused",
+        "memory vs fused",
+    ]
     rows = []
     order = {v: i for i, v in enumerate(VARIANTS)}
     for c in sorted(cases, key=lambda c: (c["batch"], order[c["variant"]])):
@@ -376,12 +388,14 @@ def format_table(result: dict) -> str:
             key
             + [
                 f"{fmt_ms(c['step_ms'])} ±{fmt_ms(spread)}",
+                fmt_ms(c["cpu_ms"]),
                 fmt_num(c["peak_mb"]),
                 f"{c['step_ms'] / ref['step_ms']:.2f}x" if ok else "-",
+                f"{c['cpu_ms'] / ref['cpu_ms']:.2f}x" if ok else "-",
                 f"{c['peak_mb'] / max(ref['peak_mb'], 1e-9):.3f}x" if ok else "-",
             ]
         )
-    return render_table(header, rows, align="lr" + "r" * 4)
+    return render_table(header, rows, align="lr" + "r" * 6)
 
 
 def format_header(result: dict, args: argparse.Namespace) -> str:
@@ -398,8 +412,10 @@ def format_header(result: dict, args: argparse.Namespace) -> str:
 def format_footer(result: dict) -> str:
     method = next((c["memory_method"] for c in result["cases"] if c.get("memory_method")), "n/a")
     lines = [
-        "step ms: median over the timed steps (± half the interquartile range); peak MB: the first "
-        f"full-size step beyond inputs, weights and gradients ({method}).",
+        "step ms: wall-clock median over the timed steps (± half the interquartile range); CPU ms: "
+        "the process's CPU time per step, median (all threads: on a shared machine, the work "
+        "rather than the wait); peak MB: the first full-size step beyond inputs, weights and "
+        f"gradients ({method}).",
     ]
     for variant, batch in largest_fitting(result["cases"]).items():
         lines.append(
@@ -448,6 +464,7 @@ def to_rows(result: dict, args: argparse.Namespace) -> list[dict]:
                 "note": c["memory_method"],
             }
         )
+        rows.append({**key, "metric": "cpu_ms", "value": c["cpu_ms"], "unit": "ms"})
         rows.append({**key, "metric": "loss", "value": c["loss"], "unit": ""})
     return rows
 
