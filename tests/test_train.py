@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -294,3 +295,135 @@ def test_knn_and_linear_probe_on_separable_features():
         and res["all"] == 1.0
         and all(0 <= v <= 1 for v in res.values())
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# resuming, refusing to clobber a run, logs, bf16 on CPUs without bf16 units
+
+# non-default settings of the run the resume tests interrupt: the resume must not need them again
+RUN = ["--epochs", "2", "--batch-size", "512", "--temperature", "0.5", "--seed", "7"]
+RUN += ["--lr", "2e-3", "--no-probe", *QUICK]
+
+
+def _bytes(out: str, name: str = "checkpoint.pt") -> bytes:
+    with open(os.path.join(out, name), "rb") as f:
+        return f.read()
+
+
+def _interrupted_run(monkeypatch, out: str, after_steps: int = 1) -> None:
+    with monkeypatch.context() as m:
+        m.setattr(loop, "StopRequest", _StopAfter)
+        m.setattr(_StopAfter, "n", after_steps)
+        assert main(["train", "--output-dir", out, *RUN]) == 130
+
+
+def test_resume_with_only_the_directory_finishes_the_run_in_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--output-dir", "straight", *RUN]) == 0
+    _interrupted_run(monkeypatch, os.path.join("runs", "exp"))
+    assert "simclr-fast train --resume runs/exp" in capsys.readouterr().out  # the printed hint
+    assert main(["train", "--resume", "runs/exp"]) == 0
+    assert not os.path.exists("runs/simclr")  # nothing written to the default directory
+    a, b = (torch.load(f"{o}/checkpoint.pt", weights_only=False) for o in ("straight", "runs/exp"))
+    assert b["config"]["temperature"] == 0.5 and b["config"]["seed"] == 7
+    assert b["config"]["batch_size"] == 512 and b["config"]["epochs"] == 2
+    assert (b["epoch"], b["step"], b["finished"]) == (2, 0, True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["scheduler"] == b["scheduler"]
+    assert _rows("straight")[-1]["loss"] == _rows("runs/exp")[-1]["loss"]
+
+
+def test_resume_refuses_flags_that_change_what_the_run_computes(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "run")
+    _interrupted_run(monkeypatch, out)
+    before = _bytes(out)
+    # --seed 0 is the default value, but given explicitly it asks for another seed than 7
+    for flags, needle in (
+        (["--batch-size", "256"], "--batch-size 256"),
+        (["--seed", "0"], "--seed 0"),
+        (["--temperature", "0.2"], "--temperature 0.2"),
+        (["--overwrite"], "--overwrite"),
+        (["--output-dir", str(tmp_path / "elsewhere")], "--output-dir"),
+    ):
+        capsys.readouterr()
+        assert main(["train", "--resume", out, *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith("simclr-fast train: error:") and needle in err, err
+        assert _bytes(out) == before
+    # repeating the run's own settings is fine, and so is changing how it is observed
+    assert main(["train", "--resume", out, "--seed", "7", "--knn-every", "1"]) == 0
+    text = capsys.readouterr().out
+    assert f"resuming {out}: --knn-every: 0 -> 1" in text and "--seed" not in text
+    assert torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["finished"]
+
+
+def test_resuming_a_finished_run_changes_nothing_unless_epochs_extend_it(tmp_path, capsys):
+    rc, out = _train(tmp_path, "--epochs", "1", "--batch-size", "512", "--knn-every", "1")
+    assert rc == 0
+    files = {name: _bytes(out, name) for name in loop.ARTEFACTS}
+    capsys.readouterr()
+    assert main(["train", "--resume", out]) == 0
+    text = capsys.readouterr().out
+    assert "the run is finished" in text and "--epochs N" in text
+    assert {name: _bytes(out, name) for name in loop.ARTEFACTS} == files
+    assert main(["train", "--resume", out, "--epochs", "2"]) == 0
+    assert f"resuming {out}: --epochs: 1 -> 2" in capsys.readouterr().out
+    assert [int(r["epoch"]) for r in _rows(out)] == [1, 2]
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["epochs_done"] == 2 and 0 <= summary["knn"] <= 1
+
+
+def test_a_new_run_into_a_checkpointed_directory_needs_overwrite(tmp_path, capsys):
+    rc, out = _train(tmp_path, "--epochs", "1", "--batch-size", "512", "--no-probe")
+    assert rc == 0
+    before = _bytes(out)
+    capsys.readouterr()
+    rc, _ = _train(tmp_path, "--epochs", "1", "--batch-size", "256", "--no-probe")
+    err = capsys.readouterr().err
+    assert rc == 2 and "--resume" in err and "--overwrite" in err and out in err
+    assert _bytes(out) == before
+    rc, _ = _train(tmp_path, "--epochs", "1", "--batch-size", "256", "--no-probe", "--overwrite")
+    assert rc == 0
+    state = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert state["config"]["batch_size"] == 256 and not os.path.exists(
+        os.path.join(out, "summary.json.tmp")
+    )
+
+
+@pytest.mark.parametrize("flag", ["--no-progress", None])
+def test_logs_one_line_per_epoch_without_a_terminal(tmp_path, capsys, flag):
+    # pytest captures stdout/stderr: not a terminal, so even without --no-progress no bar is drawn
+    flags = ["--epochs", "2", "--batch-size", "512", "--knn-every", "2", "--no-probe"]
+    out = str(tmp_path / "run")
+    rc = main(["train", "--output-dir", out, *flags, *([flag] if flag else [])])
+    assert rc == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2, captured.out
+    for line in lines:
+        for field in ("loss ", "lr ", "images/s"):
+            assert field in line, line
+    assert lines[0].startswith("epoch 1/2") and "kNN" not in lines[0]
+    assert lines[1].startswith("epoch 2/2") and "kNN 0." in lines[1]
+    assert "train " in captured.out and "s over 2 epochs" in captured.out  # the final summary
+    assert "\r" not in captured.err and "step/s" not in captured.err  # no progress-bar frames
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_once(monkeypatch):
+    from simclr_fast.train import precision
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN held to AVX2: no bf16 units
+    precision.cpu_has_native_bf16.cache_clear()
+    monkeypatch.setattr(precision, "_warned", False)
+    try:
+        assert precision.cpu_has_native_bf16() is False
+        with pytest.warns(UserWarning, match=r"--precision bf16 .* 14x slower than fp32"):
+            assert precision.warn_if_slow_bf16("bf16", torch.device("cpu"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not precision.warn_if_slow_bf16("bf16", torch.device("cpu"))  # once
+            assert not precision.warn_if_slow_bf16("fp32", torch.device("cpu"))
+    finally:
+        precision.cpu_has_native_bf16.cache_clear()

@@ -36,6 +36,21 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator])
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def loss_state(loss_fn: torch.nn.Module) -> dict[str, Any] | None:
+    """The loss's own state that ``state_dict()`` leaves out: NTXentLoss's memory bank (keys and
+    pointer, ``memory_bank_state_dict``), or ``None`` for a loss without one."""
+    getter = getattr(loss_fn, "memory_bank_state_dict", None)
+    if getter is None or not getattr(loss_fn.memory_bank, "num_keys", 0):
+        return None
+    return {"memory_bank": getter()}
+
+
+def set_loss_state(loss_fn: torch.nn.Module, state: dict[str, Any] | None) -> None:
+    """Restore what :func:`loss_state` captured (nothing for ``None``: an older checkpoint)."""
+    if state and state.get("memory_bank") is not None:
+        loss_fn.load_memory_bank_state_dict(state["memory_bank"])
+
+
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same directory, then ``os.replace`` it over ``path``:
     a reader (or a crash) never sees a half-written checkpoint."""

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from pathlib import Path
 
+from simclr_fast.train import checkpoint as ckpt_io
 from simclr_fast.train.config import (
     AUGMENTS,
     BACKBONES,
@@ -19,7 +22,9 @@ from simclr_fast.train.config import (
     OPTIMIZERS,
     PRECISIONS,
     TrainConfig,
+    TrainingError,
     resolve,
+    resume_config,
 )
 
 
@@ -152,6 +157,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="NT-Xent temperature (default: digits 1.0, others 0.5)",
     )
     o.add_argument(
+        "--loss",
+        choices=("ntxent", "supcon"),
+        default="ntxent",
+        help="ntxent: SimCLR (default); supcon: supervised contrastive, the training labels give "
+        "the positives (simclr_fast.SupConLoss)",
+    )
+    o.add_argument(
         "--loss-backend",
         choices=LOSS_BACKENDS,
         default="auto",
@@ -203,26 +215,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--resume",
         default=None,
-        help="continue from this checkpoint (or output dir holding checkpoint.pt)",
+        metavar="DIR",
+        help="continue the run saved in DIR (or a checkpoint.pt): its settings, its directory, "
+        "the remaining epochs; only flags that do not change what it computes may be given "
+        "(e.g. --epochs to extend it)",
+    )
+    e.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --output-dir that already holds a checkpoint, replacing it",
     )
     e.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
     )
-    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar: one line per epoch (also when the output is not a terminal)",
+    )
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed flags, with dataset defaults filled in."""
+def _given(args: argparse.Namespace) -> dict:
+    """The flags the command line gave explicitly: ``args.explicit_options`` (set by
+    :func:`simclr_fast.cli.main`), else the values that differ from the defaults."""
     fields = TrainConfig.__dataclass_fields__
-    return resolve(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    explicit = getattr(args, "explicit_options", None)
+    if explicit is None:
+        defaults = argparse.ArgumentParser()
+        add_arguments(defaults)
+        default = vars(defaults.parse_args([]))
+        explicit = {k for k, v in vars(args).items() if k in default and v != default[k]}
+    return {k: getattr(args, k) for k in explicit if k in fields}
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """``DIR/checkpoint.pt`` for a directory, ``path`` itself for a file."""
+    path = Path(path)
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, list[str], dict | None]:
+    """The run's :class:`TrainConfig` for parsed flags, the notices to print, and (when resuming)
+    the checkpoint's state.
+
+    A new run gets the flags with the dataset's defaults filled in. A resumed run gets the
+    configuration saved in its checkpoint, with the explicitly given flags applied where that is
+    safe (:func:`simclr_fast.train.config.resume_config`).
+
+    Raises:
+        TrainingError: a missing or unreadable checkpoint, a flag a resumed run cannot change, or
+            a new run into a directory that already holds a checkpoint (without ``--overwrite``).
+    """
+    given = _given(args)
+    if args.resume:
+        path = checkpoint_path(args.resume)
+        try:
+            state = ckpt_io.load(path)
+        except (FileNotFoundError, ValueError) as exc:
+            raise TrainingError(str(exc).splitlines()[0]) from None
+        if not isinstance(state.get("config"), dict):
+            raise TrainingError(f"--resume {path}: the checkpoint holds no run configuration")
+        cfg, notices = resume_config(state["config"], given, str(path.parent))
+        return resolve(cfg), notices, state
+    fields = TrainConfig.__dataclass_fields__
+    cfg = resolve(TrainConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    existing = Path(cfg.output_dir) / "checkpoint.pt"
+    if existing.exists() and not cfg.overwrite:
+        raise TrainingError(
+            f"--output-dir {cfg.output_dir} already holds a run ({existing}). Continue it with "
+            f"--resume {cfg.output_dir}, start over there with --overwrite (replaces it), or "
+            "pick another --output-dir"
+        )
+    return cfg, [], None
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``simclr-fast train``; returns the exit status (0 done, 2 bad input, 130 interrupted)."""
-    from simclr_fast.train.loop import TrainingError, train
+    from simclr_fast.train.loop import train
 
     try:
-        cfg = config_from_args(args)
+        cfg, notices, state = config_from_args(args)
+        if state is not None:
+            for notice in notices:
+                print(f"resuming {cfg.output_dir}: {notice}")
+            if is_finished(state, cfg):
+                print(finished_message(state, cfg))
+                return 0
         result = train(cfg)
     except TrainingError as exc:
         print(f"simclr-fast train: error: {exc}", file=sys.stderr)
@@ -231,3 +309,28 @@ def run(args: argparse.Namespace) -> int:
         print("simclr-fast train: interrupted", file=sys.stderr)
         return 130
     return 130 if result.get("interrupted") else 0
+
+
+def is_finished(state: dict, cfg: TrainConfig) -> bool:
+    """Whether the checkpointed run has nothing left to do under ``cfg``: it ended (its epochs,
+    or its time budget) and ``cfg.epochs`` does not extend it."""
+    if state.get("finished") is None:  # checkpoints written before the flag existed
+        ended = state["step"] == 0 and state["epoch"] >= state["config"].get("epochs", 0)
+    else:
+        ended = bool(state["finished"])
+    if not ended:
+        return False
+    if cfg.time_budget:  # a budget run ends with its budget; more epochs do not restart it
+        return True
+    return state["epoch"] >= cfg.epochs
+
+
+def finished_message(state: dict, cfg: TrainConfig) -> str:
+    done = state["epoch"] if state["step"] == 0 else state["epoch"] + 1
+    how = (
+        f"its {cfg.time_budget:g} s time budget is used up"
+        if cfg.time_budget
+        else f"{done} of {cfg.epochs} epochs done; to train longer: "
+        f"simclr-fast train --resume {cfg.output_dir} --epochs N (N > {done})"
+    )
+    return f"{cfg.output_dir}: the run is finished ({how}); nothing changed"

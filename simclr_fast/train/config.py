@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 from simclr_fast.train.models import BACKBONES
@@ -23,6 +24,7 @@ __all__ = [
     "TrainConfig",
     "TrainingError",
     "resolve",
+    "resume_config",
 ]
 
 
@@ -51,6 +53,7 @@ class TrainConfig:
     weight_decay: float | None = None
     warmup_epochs: float | None = None
     temperature: float | None = None
+    loss: str = "ntxent"
     loss_backend: str = "auto"
     precision: str = "fp32"
     channels_last: bool = False
@@ -63,6 +66,7 @@ class TrainConfig:
     output_dir: str = "runs/simclr"
     checkpoint_every: int = 10
     resume: str | None = None
+    overwrite: bool = False
     device: str | None = None
     no_progress: bool = False
 
@@ -130,3 +134,76 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if out.time_budget is not None and cfg.epochs is None:
         out.epochs = 1_000_000  # the budget decides when to stop
     return out
+
+
+#: Settings a resumed run may change: they decide how long it runs, where it runs and how it is
+#: observed, not what a step computes. ``--epochs`` extends (or shortens) the cosine schedule from
+#: the saved step on; ``--loss-backend`` gives the same loss up to rounding (not bit-identical).
+RESUME_CHANGEABLE = (
+    "epochs",
+    "loss_backend",
+    "device",
+    "num_workers",
+    "knn_every",
+    "knn_k",
+    "knn_t",
+    "probe_draws",
+    "no_probe",
+    "checkpoint_every",
+    "no_progress",
+)
+#: Not settings of the run: where it lives and how this invocation started.
+_RESUME_OWN = ("resume", "output_dir", "overwrite")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_config(saved: dict, given: dict, run_dir: str) -> tuple[TrainConfig, list[str]]:
+    """The configuration of a resumed run: the saved one, with the explicitly given flags applied.
+
+    Args:
+        saved: the resolved configuration stored in the checkpoint (``TrainConfig.to_dict()``).
+        given: the flags given on this command line (field name -> value), ``resume`` included.
+        run_dir: the directory of the checkpoint: the resumed run writes there.
+
+    Returns:
+        The configuration, and one notice per setting that changed.
+
+    Raises:
+        TrainingError: a given flag would change a setting that fixes what the run computes
+            (batch size, seed, temperature, model, data, optimizer ...), ``--output-dir`` names
+            another directory, or ``--overwrite`` was combined with ``--resume``.
+    """
+    fields = TrainConfig.__dataclass_fields__
+    base = {k: v for k, v in saved.items() if k in fields and k not in _RESUME_OWN}
+    if given.get("overwrite"):
+        raise TrainingError(
+            "--overwrite starts a new run and does not combine with --resume; "
+            f"drop --overwrite to continue the run in {run_dir}"
+        )
+    out = given.get("output_dir")
+    if out is not None and os.path.abspath(out) != os.path.abspath(run_dir):
+        raise TrainingError(
+            f"--output-dir {out}: a resumed run stays in its own directory ({run_dir}); "
+            "drop --output-dir, or start a new run there without --resume"
+        )
+    refused, notices = [], []
+    for key, value in given.items():
+        if key in _RESUME_OWN or key not in fields or base.get(key) == value:
+            continue
+        if key not in RESUME_CHANGEABLE:
+            refused.append(f"{_flag(key)} {value} (the run has {base.get(key)})")
+            continue
+        notices.append(f"{_flag(key)}: {base.get(key)} -> {value}")
+        base[key] = value
+    if refused:
+        allowed = ", ".join(_flag(k) for k in RESUME_CHANGEABLE)
+        raise TrainingError(
+            f"--resume {run_dir}: cannot change {'; '.join(refused)}: these fix what the run "
+            f"computes. Resume without them, or start a new run with --output-dir. Flags a resumed "
+            f"run may change: {allowed}"
+        )
+    cfg = TrainConfig(**base, resume=given.get("resume", run_dir), output_dir=run_dir)
+    return cfg, notices

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,13 @@ from torch import nn
 
 from simclr_fast.augment import SimCLRAugment
 from simclr_fast.loss import NTXentLoss
+from simclr_fast.supcon import SupConLoss
 from simclr_fast.train import checkpoint as ckpt_io
 from simclr_fast.train.config import TrainConfig, TrainingError
 from simclr_fast.train.evaluate import PROBE_BUDGETS, extract_features, knn_accuracy, linear_probe
 from simclr_fast.train.lars import LARS, param_groups
 from simclr_fast.train.models import SimCLRModel, build_backbone
+from simclr_fast.train.precision import warn_if_slow_bf16
 from simclr_fast.train.sources import (
     Data,
     epoch_permutation,
@@ -43,6 +46,10 @@ from simclr_fast.train.sources import (
     train_batches,
 )
 from simclr_fast.train.step import train_step
+from simclr_fast.train.supervised import batch_labels, two_view_loss
+
+#: what a run writes into its --output-dir (--overwrite removes them first).
+ARTEFACTS = ("checkpoint.pt", "metrics.csv", "loss_knn.png", "summary.json")
 
 CSV_FIELDS = (
     "epoch",
@@ -245,17 +252,35 @@ def plot_history(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def format_epoch(row: dict, epochs: int | None) -> str:
+    """The per-epoch log line: loss, learning rate, images/s, epoch time, kNN when computed."""
+    epoch = row["epoch"]
+    where = f"{epoch:g}" if float(epoch).is_integer() else f"{epoch:.2f} (stopped)"
+    line = (
+        f"epoch {where}{f'/{epochs}' if epochs else ''}  loss {row['loss']:.4f}  "
+        f"lr {row['lr']:.2e}  {row['images_per_s']:.0f} images/s  {row['epoch_seconds']:.2f} s"
+    )
+    if row["knn"] not in ("", None):
+        line += f"  kNN {row['knn']:.3f}"
+    return line
+
+
 def format_summary(summary: dict) -> str:
     """The final table: linear-probe accuracy per label budget for each feature set."""
     rows = [
-        ("SimCLR encoder", "linear_probe"),
+        (
+            "SupCon encoder" if summary["config"].get("loss") == "supcon" else "SimCLR encoder",
+            "linear_probe",
+        ),
         ("random-init encoder", "random_init"),
         ("raw pixels", "raw_pixels"),
     ]
     head = f"{'features':<22}" + "".join(
         f"{(b + ' /class') if b != 'all' else 'all labels':>12}" for b in PROBE_BUDGETS
     )
-    lines = ["linear probe accuracy (held-out split)", head]
+    lines = []
+    if any(key in summary for _, key in rows):
+        lines += ["linear probe accuracy (held-out split)", head]
     for name, key in rows:
         if key in summary:
             lines.append(
@@ -302,15 +327,20 @@ class StopRequest:
 # the loop
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train SimCLR as ``cfg`` says; returns the summary (also written to ``summary.json``).
+
+    Args:
+        cfg: the run's settings (:func:`simclr_fast.train.cli.config_from_args` builds them from
+            flags, and from the checkpoint when resuming).
+        state: the checkpoint ``cfg.resume`` names, when the caller has loaded it already.
 
     Raises:
         TrainingError: bad paths, malformed datasets or flags that do not fit the data.
     """
     d = Dist(cfg.device)
     try:
-        return _train(cfg, d)
+        return _train(cfg, d, state)
     finally:
         d.close()
 
@@ -336,7 +366,7 @@ def _check_loss_backend(cfg: TrainConfig, device: torch.device) -> None:
         raise TrainingError(f"--loss-backend {cfg.loss_backend}: {exc}") from None
 
 
-def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
+def _train(cfg: TrainConfig, d: Dist, state: dict[str, Any] | None = None) -> dict[str, Any]:
     device = d.device
     out_dir = Path(cfg.output_dir)
     if d.main:
@@ -346,11 +376,16 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
             raise TrainingError(
                 f"--output-dir {out_dir}: cannot create it ({exc.strerror})"
             ) from None
+        if cfg.overwrite and not cfg.resume:  # the previous run's artefacts go first
+            for name in ARTEFACTS:
+                (out_dir / name).unlink(missing_ok=True)
     if cfg.batch_size % d.world:
         raise TrainingError(
             f"--batch-size {cfg.batch_size} must be divisible by the {d.world} processes"
         )
     _check_loss_backend(cfg, device)
+    if d.main:
+        warn_if_slow_bf16(cfg.precision, device)
     seed_everything(cfg.seed)
 
     data = load_data(cfg)
@@ -377,29 +412,47 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
         optimizer, cfg.lr, round(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch
     )
     loss_fn = NTXentLoss(cfg.temperature, gather_distributed=d.enabled, backend=cfg.loss_backend)
+    if cfg.loss == "supcon":  # supervised: the images' labels give the positives
+        loss_fn = SupConLoss(
+            cfg.temperature, gather_distributed=d.enabled, backend=cfg.loss_backend
+        )
 
     start_epoch, start_step, history, train_seconds, train_cpu_seconds = 0, 0, [], 0.0, 0.0
     if cfg.resume:
         path = Path(cfg.resume)
         path = path / "checkpoint.pt" if path.is_dir() else path
         try:
-            state = ckpt_io.load(path)
+            if state is None:
+                state = ckpt_io.load(path)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
             raise TrainingError(str(exc).splitlines()[0]) from None
+        saved_steps = state.get("steps_per_epoch", steps_per_epoch)
+        if saved_steps != steps_per_epoch or state["step"] >= steps_per_epoch:
+            raise TrainingError(
+                f"--resume {path}: the run had {saved_steps} steps per epoch, the data now gives "
+                f"{steps_per_epoch} ({n_train} training images at batch {cfg.batch_size}): the "
+                "dataset changed; resume with the data the run was started with"
+            )
         sched.load_state_dict(state["scheduler"])
         start_epoch, start_step = state["epoch"], state["step"]
+        if cfg.epochs < start_epoch or (cfg.epochs == start_epoch and start_step > 0):
+            raise TrainingError(
+                f"--epochs {cfg.epochs}: the run in {out_dir} has trained past epoch "
+                f"{start_epoch}; give --epochs {start_epoch + 1} or more to extend it"
+            )
         history, train_seconds = state["history"], state["train_seconds"]
         train_cpu_seconds = state.get("train_cpu_seconds", 0.0)
         ckpt_io.set_rng_state(state["rng"], {})
+        ckpt_io.set_loss_state(loss_fn, state.get("loss"))
 
     device_images = data.train.images.to(device) if data.train.images is not None else None
     aug_gen = torch.Generator(device=device)
     augment = build_augment(cfg, memory_format)
     preprocess = make_preprocess(cfg.image_size)
 
-    def save(epoch: int, step: int) -> None:
+    def save(epoch: int, step: int, finished: bool = False) -> None:
         if d.main:
             ckpt_io.save_atomic(
                 {
@@ -408,10 +461,14 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
                     "scheduler": sched.state_dict(),
                     "epoch": epoch,
                     "step": step,
+                    # a finished run resumed without a longer --epochs changes nothing
+                    "finished": finished,
+                    "steps_per_epoch": steps_per_epoch,
                     "history": history,
                     "train_seconds": train_seconds,
                     "train_cpu_seconds": train_cpu_seconds,
                     "rng": ckpt_io.rng_state({}),
+                    "loss": ckpt_io.loss_state(loss_fn),
                     "config": cfg.to_dict(),
                 },
                 out_dir / "checkpoint.pt",
@@ -433,16 +490,22 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     csv_path = out_dir / "metrics.csv"
     if d.main:
         write_csv(csv_path, history)
+    # A progress bar only on a terminal; otherwise (and with --no-progress) one line per epoch.
     bar = None
-    if d.main and not cfg.no_progress:
+    if d.main and not cfg.no_progress and sys.stderr.isatty():
         try:
-            from tqdm.auto import tqdm
-        except ImportError:  # the bar is optional (pip install 'simclr-fast[train]')
-            cfg = dataclasses.replace(cfg, no_progress=True)
+            from tqdm import tqdm
+        except ImportError:  # the bar is optional (pip install ".[train]")
             tqdm = None
-    if d.main and not cfg.no_progress:
-        total = None if cfg.time_budget else cfg.epochs * steps_per_epoch
-        bar = tqdm(total=total, initial=sched.steps, unit="step", dynamic_ncols=True)
+        if tqdm is not None:
+            total = None if cfg.time_budget else cfg.epochs * steps_per_epoch
+            bar = tqdm(total=total, initial=sched.steps, unit="step", dynamic_ncols=True)
+
+    def log(line: str) -> None:
+        if bar is not None:
+            bar.write(line)
+        else:
+            print(line, flush=True)
 
     interrupted, out_of_time = False, False
     last_knn = None
@@ -469,10 +532,16 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
             for step, x in enumerate(batches, start=first):
                 aug_gen.manual_seed(_seed(cfg.seed, epoch, step, d.rank))
                 view0, view1 = augment(x, generator=aug_gen)
+                step_loss = loss_fn
+                if cfg.loss == "supcon":
+                    labels = batch_labels(
+                        data.train.labels, perm, step, cfg.batch_size, d.rank, d.world, device
+                    )
+                    step_loss = two_view_loss(loss_fn, labels)
                 loss = train_step(
                     net,
                     (view0, view1),
-                    loss_fn,
+                    step_loss,
                     optimizer,
                     micro_batch=cfg.micro_batch,
                     autocast=lambda: _autocast(cfg, device),
@@ -530,8 +599,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
                 and ((cfg.knn_every and (epoch + 1) % cfg.knn_every == 0) or last)
             ):
                 last_knn = row["knn"] = knn()
-                if bar is not None:
-                    bar.write(f"epoch {epoch + 1}: loss {row['loss']:.4f}  kNN {last_knn:.3f}")
+            if d.main:
+                log(format_epoch(row, cfg.epochs if not cfg.time_budget else None))
             history.append(row)
             if d.main:
                 append_csv(csv_path, row)
@@ -540,13 +609,18 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
                 or last
                 or (cfg.checkpoint_every and (epoch + 1) % cfg.checkpoint_every == 0)
             ):
-                save(*resume_at)
+                save(*resume_at, finished=last and not interrupted)
             if interrupted:
                 break
             if out_of_time:
                 break
     if bar is not None:
         bar.close()
+    if start_epoch >= cfg.epochs and not interrupted:
+        # resumed at the very end of its epochs (stopped after the last step): evaluate, mark done
+        if d.main:
+            last_knn = knn()
+        save(start_epoch, 0, finished=True)
 
     epochs_done = history[-1]["epoch"] if history else 0  # fractional after a stop mid-epoch
     timed = [
@@ -573,7 +647,9 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     if interrupted:
         if d.main:
             print(
-                f"interrupted: checkpoint saved to {out_dir / 'checkpoint.pt'}; continue with --resume {out_dir}"
+                f"interrupted: checkpoint saved to {out_dir / 'checkpoint.pt'}; continue with: "
+                f"simclr-fast train --resume {out_dir}",
+                flush=True,
             )
         return summary
     if not d.main:
@@ -590,9 +666,8 @@ def _train(cfg: TrainConfig, d: Dist) -> dict[str, Any]:
     with open(out_dir / "summary.json.tmp", "w") as f:
         json.dump(summary, f, indent=2)
     os.replace(out_dir / "summary.json.tmp", out_dir / "summary.json")
-    if not cfg.no_probe:
-        print(format_summary(summary))
-    print(f"artefacts in {out_dir}: checkpoint.pt, metrics.csv, loss_knn.png, summary.json")
+    print(format_summary(summary))
+    print(f"artefacts in {out_dir}: {', '.join(ARTEFACTS)}")
     return summary
 
 
