@@ -14,6 +14,10 @@ from simclr_fast.bench import cli as bench_cli
 from simclr_fast.bench._results import COLUMNS, normalize_row, render_table
 from simclr_fast.cli import main
 
+# The benchmarks run cases in child processes (forkserver, subprocesses, a worker pool): a hang
+# fails its test after this long (each takes seconds here), with the test's name.
+pytestmark = pytest.mark.timeout(300)
+
 TINY = [
     "--dims",
     "16",

@@ -47,6 +47,7 @@ def wheel(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.timeout(1200)  # includes building the wheel (the fixture's subprocess: 900 s at most)
 def test_wheel_is_platform_specific_with_extension_and_torch_pin(wheel):
     assert not wheel.name.endswith("-none-any.whl"), wheel.name
     assert re.search(r"-cp3\d+-cp3\d+-[a-z0-9_]+\.whl$", wheel.name), wheel.name
@@ -62,6 +63,7 @@ def test_wheel_is_platform_specific_with_extension_and_torch_pin(wheel):
     assert "simclr_fast/backends/cpu.py" in names and "simclr_fast/_extension.py" in names
 
 
+@pytest.mark.timeout(1500)  # a fresh venv, torch installed into it: the script's 1200 s at most
 def test_fresh_venv_with_only_torch_runs_the_cpu_backend(wheel):
     proc = subprocess.run(
         ["bash", str(ROOT / "tests" / "wheel_check.sh"), str(wheel)],
