@@ -238,3 +238,21 @@ def test_zero_sizes_disable_the_bank():
         for size in (0, (0, 8), (0, 0)):
             loss_fn = NTXentLoss(memory_bank_size=size)
             assert torch.equal(loss_fn(x0, x1), simclr_fast.nt_xent(x0, x1))
+
+
+def test_train_checkpoint_helpers_carry_the_bank(tmp_path):
+    """simclr-fast train saves checkpoint["loss"] = loss_state(loss_fn) and restores it on resume."""
+    from simclr_fast.train import checkpoint as ckpt_io
+
+    assert ckpt_io.loss_state(NTXentLoss()) is None  # SimCLR: nothing beyond state_dict
+    ckpt_io.set_loss_state(NTXentLoss(), None)  # an older checkpoint without the key
+    torch.manual_seed(8)
+    a = NTXentLoss(memory_bank_size=(9, 3))
+    for _ in range(2):
+        a(torch.randn(4, 3, requires_grad=True), torch.randn(4, 3))
+    ckpt_io.save_atomic({"model": {}, "epoch": 1, "loss": ckpt_io.loss_state(a)}, tmp_path / "c.pt")
+    b = NTXentLoss(memory_bank_size=(9, 3))
+    ckpt_io.set_loss_state(b, ckpt_io.load(tmp_path / "c.pt")["loss"])
+    assert torch.equal(a.memory_bank.bank, b.memory_bank.bank) and b.memory_bank._ptr == 8
+    x0, x1 = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
+    assert torch.equal(a(x0, x1), b(x0, x1))
