@@ -526,3 +526,46 @@ def test_bench_supcon_mode_rows_and_agreement(tmp_path, capsys):
     exp = oracle(torch.stack([x0, x1], 1), lab, tau=0.5).item()
     assert losses["naive"] == pytest.approx(exp, rel=1e-5)
     assert losses["ntxent-torch"] == pytest.approx(nt_xent(x0, x1, 0.5).item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------- simclr-fast train --loss supcon
+
+
+def test_batch_labels_follow_the_images():
+    """The labels of a step are those of the images train_batches yields (rank by rank)."""
+    from simclr_fast.train.sources import Split, train_batches
+    from simclr_fast.train.supervised import batch_labels
+
+    n = 40
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1)  # image i holds the value i
+    labels = (torch.arange(n) * 7) % 5
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    split = Split(labels=labels, images=images)
+    world, global_batch = 2, 8
+    for rank in range(world):
+        got = train_batches(split, images, perm, 1, 4, global_batch, rank, world, "cpu", 0)
+        for step, x in enumerate(got, start=1):
+            ids = x.view(-1).long()
+            exp = batch_labels(labels, perm, step, global_batch, rank, world, "cpu")
+            assert torch.equal(labels[ids], exp), (rank, step)
+
+
+@pytest.mark.timeout(300)
+def test_train_supcon_runs_on_digits_labels(tmp_path):
+    import csv
+    import json
+
+    from simclr_fast.cli import main
+
+    out = str(tmp_path / "run")
+    flags = ["--loss", "supcon", "--epochs", "2", "--knn-every", "0", "--no-probe"]
+    assert main(["train", "--output-dir", out, "--no-progress", *flags]) == 0
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["config"]["loss"] == "supcon"
+    with open(os.path.join(out, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    # with ~25 images of each digit in a batch of 256 (two views: m ≈ 50 positives per row) every
+    # row's loss is at least log(m) ≈ 3.9 (Jensen) and starts near log(2B − 1) ≈ 6.2
+    assert 3.0 < float(rows[0]["loss"]) < 6.3
+    assert float(rows[1]["loss"]) < float(rows[0]["loss"])
