@@ -211,6 +211,20 @@ def test_torch_compiled_model():
     _assert_grads_close(actual, expected, 1e-5, "torch.compile")
 
 
+@pytest.mark.slow  # inductor compiles two graphs (with and without autograd): ~2 min on 2 cores
+def test_inductor_compiled_model_with_dropout_replays_its_masks():
+    torch.manual_seed(0)
+    model = _gn_net(dropout=0.5)
+    compiled = torch.compile(model)
+    outputs = []
+    compiled.register_forward_hook(lambda mod, args, out: outputs.append(out.detach().clone()))
+    inputs = _views(8)
+    cached_backward(compiled, inputs, NTXentLoss(TAU, backend="torch"), 3)
+    n = len(outputs) // 2
+    assert n == 3 and all(torch.equal(outputs[n + k], outputs[k]) for k in range(n))
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 # --------------------------------------------------------------------- dropout: RNG replay
 
 
