@@ -117,7 +117,12 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _check_mode(model: nn.Module, allow_eval: bool) -> None:
-    if model.training or allow_eval:
+    if not torch.is_grad_enabled():
+        raise RuntimeError(
+            "cached_backward was called with autograd disabled (inside torch.no_grad() or "
+            "torch.inference_mode()); call it where gradients are enabled"
+        )
+    if _unwrap(model).training or allow_eval:
         return
     bns = [name for name, m in model.named_modules() if isinstance(m, _BatchNorm)]
     if bns:
@@ -280,6 +285,7 @@ def cached_backward(
             loss or one that does not depend on the embeddings, a model output without one row
             per input row, a model in eval mode with BatchNorm layers (see ``allow_eval``),
             ``shuffle_views`` with fewer blocks than views.
+        RuntimeError: called under ``torch.no_grad()``.
 
     Examples:
         >>> import torch

@@ -365,6 +365,11 @@ def test_eval_mode_with_batchnorm_raises_unless_allowed():
     _assert_grads_close(actual, expected, 1e-5, "eval mode, no BN")
 
 
+def test_no_grad_context_raises():
+    with torch.no_grad(), pytest.raises(RuntimeError, match="autograd disabled"):
+        cached_backward(_gn_net(), _views(4), _ok_loss, 2)
+
+
 def test_model_output_must_have_one_row_per_input_row():
     class Bad(nn.Module):
         def __init__(self):
