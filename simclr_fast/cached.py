@@ -58,6 +58,12 @@ def micro_batches(
 
     Returns:
         One list of :class:`Segment` per micro-batch, in the order the model sees them.
+
+    Examples:
+        >>> [[(s.view, s.start, s.stop) for s in mb] for mb in micro_batches(5, 2, 2)]
+        [[(0, 0, 2), (1, 0, 2)], [(0, 2, 4), (1, 2, 4)], [(0, 4, 5), (1, 4, 5)]]
+        >>> [[(s.view, s.start, s.stop) for s in mb] for mb in micro_batches(5, 2, 2, True)]
+        [[(0, 0, 2), (1, 2, 4)], [(0, 2, 4), (1, 4, 5)], [(0, 4, 5), (1, 0, 2)]]
     """
     blocks = [(s, min(s + micro_batch, batch)) for s in range(0, batch, micro_batch)]
     n = len(blocks)
