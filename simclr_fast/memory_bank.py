@@ -250,7 +250,8 @@ def memory_bank_reference(
         >>> import torch, math
         >>> from simclr_fast.memory_bank import memory_bank_reference
         >>> x = torch.ones(2, 3)
-        >>> math.isclose(memory_bank_reference(x, x, torch.ones(5, 3)).item(), math.log(6), rel_tol=1e-6)
+        >>> bank = torch.nn.functional.normalize(torch.ones(5, 3), dim=1)
+        >>> math.isclose(memory_bank_reference(x, x, bank).item(), math.log(6), rel_tol=1e-6)
         True
     """
     z0 = F.normalize(out0, dim=1)
@@ -350,8 +351,9 @@ def memory_bank_loss(
     Examples:
         >>> import torch, math
         >>> from simclr_fast.memory_bank import memory_bank_loss
-        >>> x = torch.ones(4, 8)
-        >>> math.isclose(memory_bank_loss(x, x, torch.ones(16, 8)).item(), math.log(17), rel_tol=1e-6)
+        >>> x = torch.ones(4, 8)  # every key collinear with every query: log(K + 1)
+        >>> bank = torch.nn.functional.normalize(torch.ones(16, 8), dim=1)
+        >>> math.isclose(memory_bank_loss(x, x, bank).item(), math.log(17), rel_tol=1e-6)
         True
     """
     temperature, name, compute, kernel = prepare(out0, out1, temperature, backend)
