@@ -15,6 +15,8 @@ import datetime
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -556,3 +558,17 @@ def test_train_with_micro_batch_resumes_exactly(tmp_path, monkeypatch, one_threa
     assert a.keys() == b.keys()
     for key in a:  # weights and BatchNorm running statistics, bit for bit
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.distributed
+def test_train_with_micro_batch_under_torchrun(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "simclr_fast", "train", *QUICK_TRAIN, "--epochs", "1", "--micro-batch", "64",
+           "--output-dir", str(out)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["config"]["micro_batch"] == 64
+    assert summary["steps"] == 1197 // 512 and 0 < summary["final_loss"] < 10
