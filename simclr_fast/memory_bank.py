@@ -66,7 +66,7 @@ def parse_memory_bank_size(memory_bank_size: Any) -> tuple[int, int | None]:
                 f"memory_bank_size={k} without the feature dimension is deprecated (as in lightly): "
                 f"the bank's dimension is taken from the first batch; pass memory_bank_size=({k}, D)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         return k, None
     if isinstance(memory_bank_size, (tuple, list)):
@@ -229,7 +229,10 @@ class MemoryBank(nn.Module):
             )
         if not _is_int(ptr) or not 0 <= ptr < k:
             raise ValueError(f"the saved memory bank pointer {ptr!r} is not in [0, {k})")
-        self.bank = bank.to(dtype=torch.float32, device=self.bank.device).clone()
+        if self.initialized:  # in place: a DDP wrapper keeps references to the buffers
+            self.bank.copy_(bank)
+        else:
+            self.bank = bank.to(dtype=torch.float32, device=self.bank.device).clone()
         self.size = (k, want_d)
         self._set_ptr(int(ptr))
 
