@@ -27,7 +27,8 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml setup.py tools/install_torch.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PY) tools/install_torch.py $(PREFER_CPU) --triton "$(TRITON_SPEC)" "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet "setuptools>=77" wheel ninja
+	# numpy before the build: setup.py imports torch, which warns when numpy is missing
+	$(PY) -m pip install --quiet "setuptools>=77" wheel ninja numpy
 	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
 	touch $(STAMP)
 
