@@ -1,4 +1,4 @@
-"""``simclr-fast check-kernels``: compile the Triton kernels the launchers launch, for sm_80/sm_90, no GPU.
+"""``simclr-fast check-kernels``: compile the launched Triton kernels for sm_80/sm_90, no GPU needed.
 
 The report is about the variants that actually run. Triton's JIT compiles one variant per
 *specialization* of a launch: integer arguments divisible by 16 are marked ``tt.divisibility=16``,
@@ -8,20 +8,21 @@ sm_90 bf16 at D = 128, the launched forward has 59 registers, 80 KiB of shared m
 ``cp.async`` pipeline; the same kernel with only its pointers and strides marked has 78 registers,
 49 KiB and unpipelined scalar loads). So nothing here restates kernel signatures:
 
-1. **Capture.** For every reported ``(τ, dtype, D, precision)`` the public loss
-   (``simclr_fast.nt_xent(..., backend="triton")``, forward and backward) runs on CPU probe tensors
-   of the reported shape (``2B = --n`` rows, ``D`` columns, temperature ``τ``) with ``JITFunction.run`` replaced by a
-   recorder: every kernel launch, whichever launcher makes it, is recorded with its positional
-   arguments, constexprs and options, and nothing executes. The probe tensors are real (small)
-   allocations: the specialization depends on the integers' divisibility and the pointers'
-   alignment, not on memory.
+1. **Capture.** For every reported ``(loss, τ, dtype, D, precision)`` the public loss
+   (``simclr_fast.nt_xent``, ``dcl``, ``supcon_loss``, ``memory_bank_loss`` with
+   ``backend="triton"``, forward and backward) runs on CPU probe tensors of the reported shape
+   (``2B = --n`` rows, ``D`` columns; a bank of :data:`MEMORY_BANK_SIZE` keys) with
+   ``JITFunction.run`` replaced by a recorder: every kernel launch, whichever launcher makes it, is
+   recorded with its positional arguments, constexprs and options, and nothing executes. The probe
+   tensors are real allocations of realistic size (a few MB): the specialization depends on the
+   integers' divisibility and the pointers' alignment, not on memory.
 2. **Specialize.** The recorded call is bound and specialized by Triton's own binder
    (``create_function_from_signature`` + ``JITFunction._pack_args``, for a ``GPUTarget`` backend):
    the signature, constexprs, attributes and options are exactly what the JIT would build.
 3. **Compile** with ``triton.compile(ASTSource(fn, signature, constexprs, attrs), target=...)`` and
    read the cubin back with the ``cuobjdump`` shipped in the Triton wheel.
 
-One row per launch × architecture:
+One row per launched variant × case × architecture (``losses`` lists the losses launching it):
 
 ``kernel``              the launched kernel, named from its function (``_ntxent_fwd_kernel`` →
                         ``forward``, ``_ntxent_bwd_kernel`` → ``backward``; others likewise);
@@ -65,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -88,18 +90,25 @@ DEFAULT_N = 8192
 #: Temperatures probed: the launchers pick kernel modes from τ (a fixed-shift fast path for
 #: moderate ``1/|τ|``), so τ is part of what is launched. 0.1 is SimCLR's usual range (0.05-0.5).
 DEFAULT_TEMPERATURE = (0.1,)
+#: Public losses probed. DCL and SupCon launch the NT-Xent variants (rows list every loss that
+#: launches a variant); the memory bank launches the keys-mode kernels.
+LOSSES = ("nt_xent", "dcl", "supcon", "memory_bank")
+#: Keys of the memory-bank probe (MoCo's queue size).
+MEMORY_BANK_SIZE = 65536
 #: Largest dynamic shared memory one block may use (opt-in maximum): A100 (sm_80) 163 KiB,
 #: H100 (sm_90) 227 KiB (CUDA C Programming Guide, compute capability table).
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 #: The tensor-core SASS instruction each architecture's hot loop must hold (sm_90: wgmma).
 TC_OPCODE = {80: "HMMA", 90: "HGMMA"}
-#: Goals for instructions per similarity element, (kernel, arch, dtype, D) -> bound (issue #15).
+#: Goals for instructions per similarity element of the variants NT-Xent launches,
+#: (kernel, arch, dtype, D) -> bound (issue #15).
 IPE_GOAL = {("forward", "sm_90", "bf16", 128): 8.0, ("backward", "sm_90", "bf16", 128): 15.0}
 #: Whether missing an :data:`IPE_GOAL` fails the check. The kernels of Dec 2026 do not meet the
 #: goals (see the README's "Triton kernels"), so the figures are reported, not enforced.
 ENFORCE_IPE_GOAL = False
 
 _KERNEL_WORDS = {"fwd": "forward", "bwd": "backward"}
+_LOSS_ABBREV = {"nt_xent": "ntx", "memory_bank": "bank"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +133,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_N,
         metavar="2B",
         help=f"rows of the probe batch, 2B (default: {DEFAULT_N})",
+    )
+    parser.add_argument(
+        "--loss",
+        nargs="+",
+        choices=LOSSES,
+        default=list(LOSSES),
+        help="public losses whose launches are checked (default: all)",
     )
     parser.add_argument(
         "--temperature",
@@ -268,35 +284,56 @@ def _specialize(fn, args: tuple, kwargs: dict, cc: int) -> dict:
     )
 
 
-def probe(case: dict) -> list[dict]:
-    """Compile specs of every kernel launch of one loss forward + backward (runs in a worker).
-
-    ``case``: ``dtype`` label, ``d``, ``n`` (2B), ``temperature``, ``precision`` and ``archs``.
-    """
+def _loss_call(loss: str, b: int, d: int, dtype, tau: float):
+    """A function running the public ``loss`` forward + backward on ``(B, D)`` probe inputs."""
     import torch
 
     import simclr_fast
 
-    dtype = getattr(torch, DTYPES[case["dtype"]])
-    b = case["n"] // 2
     gen = torch.Generator().manual_seed(0)
-    out0 = torch.randn(b, case["d"], generator=gen).to(dtype).requires_grad_(True)
-    out1 = torch.randn(b, case["d"], generator=gen).to(dtype).requires_grad_(True)
+    out0 = torch.randn(b, d, generator=gen).to(dtype).requires_grad_(True)
+    out1 = torch.randn(b, d, generator=gen).to(dtype).requires_grad_(True)
+    if loss == "nt_xent":
+        return lambda: simclr_fast.nt_xent(out0, out1, tau, backend="triton").backward()
+    if loss == "dcl":
+        from simclr_fast.dcl import dcl
+
+        return lambda: dcl(out0, out1, tau, backend="triton").backward()
+    if loss == "supcon":
+        feats = torch.stack([out0.detach(), out1.detach()], dim=1).requires_grad_(True)
+        labels = torch.randint(0, 100, (b,), generator=gen)
+        return lambda: simclr_fast.supcon_loss(
+            feats, labels, temperature=tau, backend="triton"
+        ).backward()
+    if loss == "memory_bank":
+        bank = torch.nn.functional.normalize(torch.randn(MEMORY_BANK_SIZE, d, generator=gen), dim=1)
+        return lambda: simclr_fast.memory_bank_loss(out0, out1, bank, tau, "triton").backward()
+    raise ValueError(f"unknown loss {loss!r}; one of {LOSSES}")
+
+
+def probe(case: dict) -> list[dict]:
+    """Compile specs of every kernel launch of one loss forward + backward (runs in a worker).
+
+    ``case``: ``loss``, ``dtype`` label, ``d``, ``n`` (2B), ``temperature``, ``precision`` and
+    ``archs``.
+    """
+    import torch
+
+    dtype = getattr(torch, DTYPES[case["dtype"]])
+    where = dict(loss=case["loss"], dtype=case["dtype"], D=case["d"], N=case["n"])
+    where.update(
+        temperature=case["temperature"], precision=case["precision"], specialization="launched"
+    )
 
     def run_loss():
         saved = torch.get_float32_matmul_precision()
         try:
             if case["precision"] != "-":
                 torch.set_float32_matmul_precision(case["precision"])
-            loss = simclr_fast.nt_xent(
-                out0, out1, temperature=case["temperature"], backend="triton"
-            )
-            loss.backward()
+            _loss_call(case["loss"], case["n"] // 2, case["d"], dtype, case["temperature"])()
         finally:
             torch.set_float32_matmul_precision(saved)
 
-    where = dict(dtype=case["dtype"], D=case["d"], N=case["n"], temperature=case["temperature"])
-    where.update(precision=case["precision"], specialization="launched")
     try:
         launches = _record_launches(run_loss)
         if not launches:
@@ -314,6 +351,7 @@ def probe(case: dict) -> list[dict]:
                 dtype=case["dtype"],
                 D=case["d"],
                 N=case["n"],
+                loss=case["loss"],
                 temperature=case["temperature"],
                 precision=case["precision"],
             )
@@ -517,7 +555,9 @@ def wants_tensor_cores(row: dict) -> bool:
 
 
 def ipe_goal(row: dict) -> float | None:
-    """The instructions-per-element goal of ``row``'s case, if it has one."""
+    """The instructions-per-element goal of ``row``'s case, if it has one (NT-Xent's variants)."""
+    if "nt_xent" not in row.get("losses", ["nt_xent"]):
+        return None
     return IPE_GOAL.get((row["kernel"], row["arch"], row["dtype"], row["D"]))
 
 
@@ -548,12 +588,13 @@ def verdict(row: dict, enforce_goal: bool = ENFORCE_IPE_GOAL) -> str:
 def plan(args: argparse.Namespace) -> list[dict]:
     """The probe cases: one per (τ, dtype, D, precision), each probed for every architecture."""
     cases = []
-    for tau in args.temperature:
+    for loss, tau in itertools.product(args.loss, args.temperature):
         for dtype in args.dtype:
             for d in args.d:
                 for precision in FP32_PRECISIONS if dtype == "fp32" else ("-",):
                     cases.append(
                         dict(
+                            loss=loss,
                             dtype=dtype,
                             d=d,
                             n=args.n,
@@ -586,6 +627,7 @@ _COLUMNS = (
     ("smem_bytes", 6),
     ("tensor_core", 24),
     ("instrs_per_element", 6),
+    ("losses", 12),
 )
 _HEADERS = {
     "temperature": "tau",
@@ -607,6 +649,8 @@ def format_table(rows: list[dict]) -> str:
             value = row.get(key)
             if key == "smem_bytes" and value is not None:
                 value = f"{value / 1024:.0f}K"
+            if key == "losses" and value is not None:
+                value = ",".join(_LOSS_ABBREV.get(v, v) for v in value)
             cells.append(f"{'-' if value is None else value!s:<{width}}")
         status = row["status"]
         goal = ipe_goal(row)
@@ -636,25 +680,30 @@ def run(args: argparse.Namespace) -> int:
         if saved is not None:
             os.environ["TRITON_INTERPRET"] = saved
     rows = []
+    merged: dict[tuple, dict] = {}  # one row per variant and case, listing the losses launching it
     for spec in specs:
         if "error" in spec:  # the probe itself failed
-            rows.append(dict(spec, status=verdict(spec)))
+            rows.append(dict(spec, losses=[spec["loss"]], status=verdict(spec)))
+            continue
+        case = (spec["dtype"], spec["D"], spec["temperature"], spec["precision"])
+        key = (_compile_key(spec), *case)
+        if key in merged:
+            if spec["loss"] not in merged[key]["losses"]:
+                merged[key]["losses"].append(spec["loss"])
             continue
         row = dict(compiled[_compile_key(spec)])
-        row.update(
-            dtype=spec["dtype"],
-            D=spec["D"],
-            temperature=spec["temperature"],
-            precision=spec["precision"],
-        )
+        row.update(dict(zip(("dtype", "D", "temperature", "precision"), case)))
+        row["losses"] = [spec["loss"]]
         row["status"] = verdict(row)
+        merged[key] = row
         rows.append(row)
     failures = sum(row["status"] != "ok" for row in rows)
     elapsed = time.perf_counter() - start
     table_out = sys.stderr if args.json == "-" else sys.stdout
     print(format_table(rows), file=table_out)
     print(
-        f"{len(rows)} launched variants ({len(unique)} distinct compilations) at 2B = {args.n}, "
+        f"{len(rows)} launched variants ({len(unique)} distinct compilations) of "
+        f"{', '.join(args.loss)} at 2B = {args.n}, "
         f"{failures} failing, {elapsed:.1f} s with {jobs} processes. Ahead-of-time compile only: "
         "nothing ran on a GPU.",
         file=table_out,

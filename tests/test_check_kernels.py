@@ -1,7 +1,7 @@
 """``simclr-fast check-kernels``: the launched Triton variants compile for sm_80 and sm_90 without a
 GPU, without spills, with tensor cores in the 16-bit hot loops.
 
-The report fixture runs the command's default plan (every dtype, D ∈ {64, 100, 128, 256}, both
+The report fixture runs the command's default plan (every loss, dtype, D ∈ {64, 100, 128, 256}, both
 architectures). ``make test`` runs the same command first, so Triton's on-disk cache and the
 disassembly cache are warm here (seconds); cold it takes a minute or two on 2 cores. Compilation
 runs in spawned worker processes, so it works although this pytest process imported Triton in
@@ -37,6 +37,7 @@ KEYS = {
     "smem_bytes",
     "tensor_core",
     "instrs_per_element",
+    "losses",
 }
 
 
@@ -52,20 +53,22 @@ def test_exit_code_zero(report):
     assert code == 0, [(r["kernel"], r["arch"], r["dtype"], r["D"], r["status"]) for r in rows]
 
 
-def test_rows_cover_every_case_with_forward_and_backward(report):
+def test_rows_cover_every_loss_and_case_with_forward_and_backward(report):
     _, rows = report
-    for arch in check_kernels.ARCHS:
-        for dtype in check_kernels.DTYPES:
-            precisions = check_kernels.FP32_PRECISIONS if dtype == "fp32" else ("-",)
-            for d in check_kernels.DEFAULT_D:
-                for precision in precisions:
-                    kernels = [
-                        r["kernel"]
-                        for r in rows
-                        if (r["arch"], r["dtype"], r["D"], r["precision"])
-                        == (arch, dtype, d, precision)
-                    ]
-                    assert "forward" in kernels and "backward" in kernels, (arch, dtype, d)
+    for loss in check_kernels.LOSSES:
+        for arch in check_kernels.ARCHS:
+            for dtype in check_kernels.DTYPES:
+                precisions = check_kernels.FP32_PRECISIONS if dtype == "fp32" else ("-",)
+                for d in check_kernels.DEFAULT_D:
+                    for precision in precisions:
+                        case = (arch, dtype, d, precision)
+                        kernels = [
+                            r["kernel"]
+                            for r in rows
+                            if (r["arch"], r["dtype"], r["D"], r["precision"]) == case
+                            and loss in r["losses"]
+                        ]
+                        assert "forward" in kernels and "backward" in kernels, (loss, case)
     for r in rows:
         assert set(r) >= KEYS, KEYS - set(r)
         assert r["specialization"] == "launched"
@@ -205,7 +208,8 @@ from simclr_fast import check_kernels as ck
 def broken(*args, **kwargs):
     raise ValueError("broken loss")
 simclr_fast.nt_xent = broken
-case = dict(dtype="bf16", d=64, n=64, temperature=0.1, precision="-", archs=["sm_80", "sm_90"])
+case = dict(loss="nt_xent", dtype="bf16", d=64, n=64, temperature=0.1, precision="-")
+case["archs"] = ["sm_80", "sm_90"]
 print(json.dumps([ck.verdict(r) for r in ck.probe(case)]))
 """
 
