@@ -256,3 +256,33 @@ def test_train_checkpoint_helpers_carry_the_bank(tmp_path):
     assert torch.equal(a.memory_bank.bank, b.memory_bank.bank) and b.memory_bank._ptr == 8
     x0, x1 = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
     assert torch.equal(a(x0, x1), b(x0, x1))
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+def test_peaked_rows_keep_their_digits(backend):
+    """Positive far above every key (loss ~1e-12): the fused form keeps fp32 digits, naive does not."""
+    gen = torch.Generator().manual_seed(9)
+    out0 = torch.randn(8, 32, generator=gen, dtype=torch.float64)
+    out1 = out0 + 5e-2 * torch.randn(8, 32, generator=gen, dtype=torch.float64)
+    bank = F.normalize(torch.randn(64, 32, generator=gen, dtype=torch.float64), dim=1)
+    # the fixture sees the fp32-rounded inputs: the check is of the arithmetic, not the rounding
+    out0, out1, bank = (t.float().double() for t in (out0, out1, bank))
+    tau = 0.02
+
+    def exact(a, b):  # cancellation-free fp64: softplus(log Σ_k e^{s_ik − s_pos,i})
+        z0, z1 = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        s_pos = (z0 * z1).sum(1, keepdim=True) / tau
+        return F.softplus(torch.logsumexp(z0 @ bank.T / tau - s_pos, dim=1)).mean()
+
+    a0, a1 = out0.clone().requires_grad_(), out1.clone().requires_grad_()
+    want = exact(a0, a1)
+    g0, g1 = _grads(want, a0, a1)
+    assert want.item() < 1e-6
+    x0, x1 = out0.float().requires_grad_(), out1.float().requires_grad_()
+    got = memory_bank_loss(x0, x1, bank.float(), tau, backend=backend)
+    h0, h1 = _grads(got, x0, x1)
+    _assert_rel(got, want, rtol=1e-4)
+    _assert_rel(h0, g0, rtol=1e-4)
+    _assert_rel(h1, g1, rtol=1e-4)
+    naive = memory_bank_loss(x0, x1, bank.float(), tau, backend="reference")
+    assert abs(naive.item() - want.item()) > 1e-2 * want.item()  # what the fused form avoids
