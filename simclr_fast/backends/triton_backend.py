@@ -153,6 +153,13 @@ _TILES_CHUNKED: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("fwd", "fp32"): (32, 32, 4, 3),
     ("bwd", "fp32"): (32, 32, 4, 3),
 }
+#: Overrides for the chunked-D variant when ``D % 16 != 0`` (the JIT then marks neither D nor the
+#: row stride divisible by 16 and the loads are scalar): the fp32 backward at 3 stages used 255
+#: regs and spilled 10-20 LDL/STL at D = 100 (sm_80/sm_90, 2026-12-02); 1 stage: 205-240 regs, no
+#: spills, in every flag combination.
+_TILES_CHUNKED_UNALIGNED: dict[tuple[str, str], tuple[int, int, int, int]] = {
+    ("bwd", "fp32"): (32, 32, 4, 1),
+}
 
 
 def _dtype_class(dtype: torch.dtype) -> str:
@@ -167,12 +174,14 @@ def pick_config(kernel: str, dtype: torch.dtype, d: int) -> KernelConfig:
         if d <= bd:
             return KernelConfig(bm, bn, bd, True, warps, stages)
     bm, bn, warps, stages = _TILES_CHUNKED.get((kernel, cls), (bm, bn, warps, stages))
+    if d % 16:  # rows not 16-element aligned: Triton's JIT compiles unvectorized loads
+        bm, bn, warps, stages = _TILES_CHUNKED_UNALIGNED.get((kernel, cls), (bm, bn, warps, stages))
     return KernelConfig(bm, bn, _CHUNK_D, False, warps, stages)
 
 
 def all_configs(kernel: str, dtype: torch.dtype) -> list[KernelConfig]:
     """Every configuration ``pick_config`` can return for ``kernel`` and ``dtype`` (for check-kernels)."""
-    widths = [*_BLOCK_D_CHOICES[_dtype_class(dtype)], 10**6]
+    widths = [*_BLOCK_D_CHOICES[_dtype_class(dtype)], 2**20, 2**20 + 1]  # chunked: aligned or not
     return list(dict.fromkeys(pick_config(kernel, dtype, d) for d in widths))
 
 
