@@ -235,8 +235,8 @@ void check_vector(const char* op, const at::Tensor& v, const char* name, int64_t
 }
 
 // keys: (K, D) fp32 contiguous, same D as z; exclusion and keys do not mix.
-const float* check_keys(const char* op, const std::optional<at::Tensor>& keys, const std::optional<at::Tensor>& ex,
-                        const at::Tensor& z) {
+const float* check_keys(const char* op, const std::optional<at::Tensor>& keys,
+                        const std::optional<at::Tensor>& ex, const at::Tensor& z) {
   if (!keys.has_value()) return nullptr;
   const at::Tensor& k = *keys;
   TORCH_CHECK(k.device().is_cpu() && k.scalar_type() == at::kFloat && k.dim() == 2 && k.is_contiguous(), op,
@@ -324,8 +324,8 @@ at::Tensor ntxent_fwd_cpu(const at::Tensor& z_in, int64_t row_start, int64_t row
   const bool fast = c <= kFastShiftMax;
   const TileOps& ops = select_ops();
   const TileShape ts = tile_shape();
-  const std::vector<Tile> tiles =
-      kp != nullptr ? make_key_schedule(r0, rc, nk, ts.rows, ts.cols) : make_schedule(n, r0, rc, ts.rows, ts.cols);
+  const std::vector<Tile> tiles = kp != nullptr ? make_key_schedule(r0, rc, nk, ts.rows, ts.cols)
+                                                 : make_schedule(n, r0, rc, ts.rows, ts.cols);
   const int64_t tasks = num_tasks(tiles.size());
   std::vector<double> sums(tasks * rc, 0.0), maxs(fast ? 0 : tasks * rc, 0.0);
 
@@ -369,7 +369,9 @@ at::Tensor ntxent_fwd_cpu(const at::Tensor& z_in, int64_t row_start, int64_t row
       o[i] = static_cast<float>(std::log(total) + (c - static_cast<double>(sh[i])));
     } else {
       double m = 0.0, l = 0.0;
-      for (int64_t task = 0; task < tasks; ++task) lse_merge(&m, &l, maxs[task * rc + i], sums[task * rc + i]);
+      for (int64_t task = 0; task < tasks; ++task) {
+        lse_merge(&m, &l, maxs[task * rc + i], sums[task * rc + i]);
+      }
       o[i] = static_cast<float>((m - static_cast<double>(sh[i])) + std::log(l));
     }
   }
@@ -378,7 +380,8 @@ at::Tensor ntxent_fwd_cpu(const at::Tensor& z_in, int64_t row_start, int64_t row
 
 at::Tensor ntxent_bwd_cpu(const at::Tensor& z_in, const at::Tensor& shift_in, const at::Tensor& weight_in,
                           int64_t row_start, int64_t row_count, double inv_tau,
-                          const std::optional<at::Tensor>& exclude_in, const std::optional<at::Tensor>& keys_in) {
+                          const std::optional<at::Tensor>& exclude_in,
+                          const std::optional<at::Tensor>& keys_in) {
   const char* op = "ntxent_bwd_cpu";
   check_inputs(op, z_in, row_start, row_count, inv_tau);
   const int64_t n = z_in.size(0), d = z_in.size(1), rc = row_count, r0 = row_start;
@@ -419,8 +422,8 @@ at::Tensor ntxent_bwd_cpu(const at::Tensor& z_in, const at::Tensor& shift_in, co
   const int64_t off = kp != nullptr ? r0 : 0;
   const TileOps& ops = select_ops();
   const TileShape ts = tile_shape();
-  const std::vector<Tile> tiles =
-      kp != nullptr ? make_key_schedule(r0, rc, nk, ts.rows, ts.cols) : make_schedule(n, r0, rc, ts.rows, ts.cols);
+  const std::vector<Tile> tiles = kp != nullptr ? make_key_schedule(r0, rc, nk, ts.rows, ts.cols)
+                                                 : make_schedule(n, r0, rc, ts.rows, ts.cols);
   const int64_t tasks = num_tasks(tiles.size());
   // Task 0 accumulates straight into `out`; the others into their own (rc, D) partials. Each task
   // zeroes its own buffer and the merge below is serial (O(rc·D), ~1 ms at 2B = 16384): one
