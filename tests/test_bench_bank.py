@@ -27,6 +27,7 @@ def test_bank_mode_rows_and_agreement(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "memory bank of K = 40 keys" in text
+    assert "naive loss's 4*B*K*D FLOPs per forward+backward" in text
     assert "warning:" not in text  # the fused losses agree with the naive one
     with (out / "results.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))

@@ -45,6 +45,8 @@ DEFAULT_RAM_FRACTION = 0.5
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 #: ``--loss``: which loss the cases run (each mode keeps its providers in its own module).
 LOSSES = ("ntxent", "bank", "supcon")
+#: The FLOP count the GFLOP/s column divides by, per ``--loss`` (``ntxent``'s where not listed).
+_YARDSTICK = {"bank": "4*B*K*D"}
 FAILED = ("oom", "over-cap", "timeout")
 
 #: Default time limit of one case (its own process: start-up, warm-up, memory pass, timed
@@ -586,7 +588,14 @@ def collect(args: argparse.Namespace) -> dict:
         from simclr_fast.bench import supcon
 
         warnings += supcon.conclusions(cases)
-    return {"cases": cases, "matmul": matmul, "meta": meta, "notes": notes, "warnings": warnings}
+    return {
+        "cases": cases,
+        "matmul": matmul,
+        "meta": meta,
+        "notes": notes,
+        "warnings": warnings,
+        "loss": getattr(args, "loss", "ntxent"),
+    }
 
 
 def command_line() -> str:
@@ -701,7 +710,8 @@ def format_footer(result: dict) -> str:
         "forward plus its backward.",
         "peak MB: peak memory of one forward+backward beyond its inputs "
         f"({next((c['memory_method'] for c in result['cases'] if c.get('memory_method')), 'n/a')}).",
-        "GFLOP/s: the naive loss's 6*(2B)^2*D FLOPs per forward+backward, for every provider (useful work; "
+        f"GFLOP/s: the naive loss's {_YARDSTICK.get(result.get('loss'), '6*(2B)^2*D')} FLOPs per "
+        "forward+backward, for every provider (useful work; "
         "each provider's own count is in the CSV); % mm: that rate over the torch.mm rate above.",
         "vs naive / vs compile: the naive loss's (eager / torch.compile) fwd+bwd time over this one's "
         "(>1: faster); 'oom'/'over-cap': the baseline did not fit.",
