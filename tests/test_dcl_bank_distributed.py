@@ -105,6 +105,16 @@ def _worker(rank: int, world: int, port: int) -> None:
                 fixture.enqueue(F.normalize(xs[:, 1].reshape(world * B, D), dim=1))
                 assert loss_fn.memory_bank._ptr == fixture.ptr, what
                 assert torch.equal(loss_fn.memory_bank.bank.double(), fixture.bank), what
+
+        # without gather_distributed each rank enqueues its own batch only (lightly's behaviour)
+        torch.manual_seed(11)
+        local = NTXentLoss(TAU, memory_bank_size=(k, D))
+        fixture = LightlyBank(local.memory_bank.bank)
+        xs = torch.randn(world, 2, B, D, generator=torch.Generator().manual_seed(0))
+        local(xs[rank, 0].clone().requires_grad_(), xs[rank, 1])
+        fixture.enqueue(F.normalize(xs[rank, 1], dim=1))
+        assert torch.equal(local.memory_bank.bank.double(), fixture.bank), f"local rank {rank}"
+        assert local.memory_bank._ptr == B
     finally:
         dist.destroy_process_group()
 
