@@ -35,8 +35,9 @@ class NTXentLoss(nn.Module):
         temperature: τ, scales the similarities by ``1/τ``; ``abs(τ) >= 1e-8``, negative allowed;
             or a positive 0-dim tensor (e.g. an ``nn.Parameter``) to learn it.
         memory_bank_size: ``0`` (SimCLR, no bank) or ``(K, D)`` (a bank of ``K`` keys of size
-            ``D``). A bare int ``K > 0`` is accepted with a warning (deprecated, as in lightly):
-            ``D`` is then taken from the first batch, and the bank is drawn at that first call.
+            ``D``). A bare int ``K > 0`` is accepted with a ``UserWarning`` (deprecated, as on
+            lightly's main branch; lightly 1.6.0 raises): ``D`` is then taken from the first
+            batch, and the bank is drawn at that first call.
         gather_distributed: without a bank, gather negatives from all processes of the default
             ``torch.distributed`` group, with exact gradients (docs/design.md §3); with a bank,
             enqueue every process's ``out1`` (all-gathered without gradient) while the loss stays

@@ -70,6 +70,8 @@ def parse_memory_bank_size(memory_bank_size: Any) -> tuple[int, int | None]:
             )
         return k, None
     if isinstance(memory_bank_size, (tuple, list)):
+        if tuple(memory_bank_size) == (0,):  # lightly 1.6 accepts (0,) as "no bank"
+            return 0, None
         if len(memory_bank_size) != 2:
             raise ValueError(
                 f"memory_bank_size must be a (K, D) pair (bank size, embedding size), got "

@@ -235,7 +235,7 @@ def test_zero_sizes_disable_the_bank():
     x0, x1 = torch.randn(4, 8), torch.randn(4, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for size in (0, (0, 8), (0, 0)):
+        for size in (0, (0,), (0, 8), (0, 0)):
             loss_fn = NTXentLoss(memory_bank_size=size)
             assert torch.equal(loss_fn(x0, x1), simclr_fast.nt_xent(x0, x1))
 
