@@ -153,6 +153,14 @@ _TILES_CHUNKED: dict[tuple[str, str], tuple[int, int, int, int]] = {
     ("fwd", "fp32"): (32, 32, 4, 3),
     ("bwd", "fp32"): (32, 32, 4, 3),
 }
+#: Overrides when ``D % 16 != 0`` (the JIT then marks neither D nor the row stride divisible by 16
+#: and the loads are scalar), 2026-12-02: the 16-bit backward at M64 N64 4 warps used 255 regs and
+#: spilled 14 (D = 33, sm_80) and 150 (D = 200, both archs; M64 N32 spilled 100 there, the
+#: earlier table's tiles); 8 warps: 246-254 regs, no spills, tensor cores, at D = 33, 100 and 200
+#: in every flag combination on sm_80 and sm_90.
+_TILES_UNALIGNED: dict[tuple[str, str], tuple[int, int, int, int]] = {
+    ("bwd", "16bit"): (64, 64, 8, 3),
+}
 #: Overrides for the chunked-D variant when ``D % 16 != 0`` (the JIT then marks neither D nor the
 #: row stride divisible by 16 and the loads are scalar): the fp32 backward at 3 stages used 255
 #: regs and spilled 10-20 LDL/STL at D = 100 (sm_80/sm_90, 2026-12-02); 1 stage: 205-240 regs, no
@@ -169,19 +177,25 @@ def _dtype_class(dtype: torch.dtype) -> str:
 def pick_config(kernel: str, dtype: torch.dtype, d: int) -> KernelConfig:
     """The configuration the launcher uses for ``kernel`` ("fwd"/"bwd") on ``dtype`` inputs of width ``d``."""
     cls = _dtype_class(dtype)
-    bm, bn, warps, stages = _TILES[(kernel, cls)]
+    key = (kernel, cls)
+    # rows not 16-element aligned: Triton's JIT marks neither D nor the row stride divisible by
+    # 16 and compiles scalar loads, which need other tiles
+    aligned = d % 16 == 0
+    tiles = _TILES[key] if aligned else _TILES_UNALIGNED.get(key, _TILES[key])
     for bd in _BLOCK_D_CHOICES[cls]:
         if d <= bd:
-            return KernelConfig(bm, bn, bd, True, warps, stages)
-    bm, bn, warps, stages = _TILES_CHUNKED.get((kernel, cls), (bm, bn, warps, stages))
-    if d % 16:  # rows not 16-element aligned: Triton's JIT compiles unvectorized loads
-        bm, bn, warps, stages = _TILES_CHUNKED_UNALIGNED.get((kernel, cls), (bm, bn, warps, stages))
-    return KernelConfig(bm, bn, _CHUNK_D, False, warps, stages)
+            return KernelConfig(tiles[0], tiles[1], bd, True, tiles[2], tiles[3])
+    tiles = _TILES_CHUNKED.get(key, tiles)
+    if not aligned:
+        tiles = _TILES_CHUNKED_UNALIGNED.get(key, _TILES_UNALIGNED.get(key, tiles))
+    return KernelConfig(tiles[0], tiles[1], _CHUNK_D, False, tiles[2], tiles[3])
 
 
 def all_configs(kernel: str, dtype: torch.dtype) -> list[KernelConfig]:
     """Every configuration ``pick_config`` can return for ``kernel`` and ``dtype`` (for check-kernels)."""
-    widths = [*_BLOCK_D_CHOICES[_dtype_class(dtype)], 2**20, 2**20 + 1]  # chunked: aligned or not
+    widths = [
+        w + extra for w in (*_BLOCK_D_CHOICES[_dtype_class(dtype)], 2**20) for extra in (0, -1)
+    ]
     return list(dict.fromkeys(pick_config(kernel, dtype, d) for d in widths))
 
 
