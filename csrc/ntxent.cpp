@@ -196,27 +196,15 @@ std::vector<Tile> make_key_schedule(int64_t r0, int64_t rc, int64_t k, int64_t t
   return tiles;
 }
 
-// max_i |x_i|² over rows [r0, r0 + rc) of x (n x d), in fp64. In keys mode this reads the whole
-// bank (K·D = 8.4M floats at K = 65536, D = 128) twice per step, so it runs on all threads with four
-// independent sums per row; the max does not depend on the split, so neither does the result.
+// max_i |x_i|² over rows [r0, r0 + rc) of x (n x d), in fp64.
 double max_sq_norm(const float* x, int64_t r0, int64_t rc, int64_t d) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / d);
-  return at::parallel_reduce(
-      r0, r0 + rc, grain, 0.0,
-      [&](int64_t begin, int64_t end, double mx) {
-        for (int64_t i = begin; i < end; ++i) {
-          const float* row = x + i * d;
-          double q[4] = {0.0, 0.0, 0.0, 0.0};
-          int64_t k = 0;
-          for (; k + 4 <= d; k += 4) {
-            for (int t = 0; t < 4; ++t) q[t] += static_cast<double>(row[k + t]) * row[k + t];
-          }
-          for (; k < d; ++k) q[0] += static_cast<double>(row[k]) * row[k];
-          mx = std::max(mx, (q[0] + q[1]) + (q[2] + q[3]));
-        }
-        return mx;
-      },
-      [](double a, double b) { return std::max(a, b); });
+  double mx = 0.0;
+  for (int64_t i = r0; i < r0 + rc; ++i) {
+    double sq = 0.0;
+    for (int64_t k = 0; k < d; ++k) sq += static_cast<double>(x[i * d + k]) * x[i * d + k];
+    mx = std::max(mx, sq);
+  }
+  return mx;
 }
 
 // The fixed shift c, an upper bound of every |s_kj| (Cauchy–Schwarz): |inv_tau| · max|z|² in self
