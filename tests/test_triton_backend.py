@@ -159,14 +159,15 @@ def _check(z, shift, x, weight, row_start, row_count, inv_tau, exclude=None, key
 
 # The grid (B ∈ {3, 64, 257}, D ∈ {16, 128, 130}, τ ∈ {0.02, 0.05, 0.1, 0.5},
 # σ ∈ {0.05, 0.3, 1.0}), fp32, at the contract: all of it at B = 3 and 64; at B = 257 (several
-# row blocks, ragged tiles, the chunked D = 130) one τ and σ per D, rotating, to bound the time.
+# row blocks, ragged tiles, the chunked D = 130) one τ and σ per D, to bound the interpreter's time
+# (about 60 s of CPU for the whole file on the 2-core box).
 _GRID = [
     (b, d, tau, sigma)
     for b in (3, 64)
     for d in (16, 128, 130)
     for tau in (0.02, 0.05, 0.1, 0.5)
     for sigma in (0.05, 0.3, 1.0)
-] + [(257, 16, 0.02, 0.05), (257, 128, 0.1, 0.3), (257, 130, 0.5, 1.0), (257, 128, 0.05, 0.05)]
+] + [(257, 16, 0.02, 0.05), (257, 130, 0.5, 1.0), (257, 128, 0.05, 0.05)]
 
 
 @interpreted
