@@ -46,6 +46,7 @@ embedding-sized all_reduce. A learnable temperature's per-rank gradients average
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -297,6 +298,17 @@ class _GatheredPositive(torch.autograd.Function):
 # ----------------------------------------------------------------------------------- the loss
 
 
+class _Options(NamedTuple):
+    """The checked options of one call, as the row paths below need them."""
+
+    temperature: float | torch.Tensor
+    backend: str  # resolved
+    kernel_dtype: torch.dtype
+    contrast_mode: str
+    without_positives: str
+    scale: float | torch.Tensor | None  # τ / base_temperature
+
+
 def _reduce(ell, valid, anchor_all, valid_all, world, without_positives, scale, dtype):
     """``W · Σ_{valid local rows} ℓ / count`` (count over the global batch), times the scale."""
     counted = valid_all if without_positives == "drop" else anchor_all
@@ -420,29 +432,17 @@ def supcon_loss(
         scale = temperature / base_temperature
         if isinstance(scale, torch.Tensor):
             scale = scale.to(compute)
+    opts = _Options(temperature, name, kernel, contrast_mode, without_positives, scale)
     with torch.autocast(features.device.type, enabled=False):
         # view-major rows: z[v·B + i] is view v of sample i (HobbitLong's cat(unbind(features, 1)))
         z = F.normalize(features.to(compute).transpose(0, 1).reshape(v * b, d), dim=1)
         if mask is not None:
             as_labels = _mask_as_labels(mask)
             if as_labels is None:
-                return _masked(
-                    z,
-                    mask,
-                    b,
-                    v,
-                    temperature,
-                    name,
-                    kernel,
-                    contrast_mode,
-                    without_positives,
-                    scale,
-                )
+                return _masked(z, mask, b, v, opts)
             labels = as_labels
         if world > 1:
-            return _gathered(
-                z, labels, b, v, temperature, name, kernel, contrast_mode, without_positives, scale
-            )
+            return _gathered(z, labels, b, v, opts)
         cid = _class_ids(labels) if labels is not None else torch.arange(b, device=z.device)
         row_cid = _row_classes(cid, 1, v)
         m, partner = _positives(row_cid)
@@ -466,8 +466,9 @@ def _anchors(n: int, b: int, contrast_mode: str, device) -> torch.Tensor:
     return idx < (b if contrast_mode == "one" else n)
 
 
-def _masked(z, mask, b, v, temperature, name, kernel, contrast_mode, without_positives, scale):
+def _masked(z, mask, b, v, opts: _Options):
     """One process, a general (not an equivalence) mask: weighted positives, ``ℓ = x``."""
+    temperature, name, kernel, contrast_mode, without_positives, scale = opts
     compute = z.dtype
     n = z.shape[0]
     w = mask.to(compute)
@@ -490,8 +491,9 @@ def _masked(z, mask, b, v, temperature, name, kernel, contrast_mode, without_pos
     return _reduce(ell, valid, anchor, valid, 1, without_positives, scale, compute)
 
 
-def _gathered(z, labels, b, v, temperature, name, kernel, contrast_mode, without_positives, scale):
+def _gathered(z, labels, b, v, opts: _Options):
     """This rank's SupCon with the rows and labels of every rank (module docstring)."""
+    temperature, name, kernel, contrast_mode, without_positives, scale = opts
     from simclr_fast.distributed import _check_process_group, check_ranks_agree, gather_with_grad
 
     compute = z.dtype
