@@ -281,6 +281,12 @@ def test_peaked_pairs_keep_their_digits():
         _close(supcon_loss(f, lab, temperature=0.02, backend=name), exact, 1e-8, name)
     for name in cpu_backends(torch.float32):
         _close(supcon_loss(f.float(), lab, temperature=0.02, backend=name), exact, 1e-4, name)
+    # and the gradient: the positive's coefficient −S/(1 + S) is not formed as P_pos − 1
+    _, exp_g = _grad(lambda x: nt_xent_exact(x[:, 0], x[:, 1], 0.02), f)
+    for dtype, rtol in ((torch.float64, 1e-8), (torch.float32, 1e-4)):
+        for name in cpu_backends(dtype):
+            _, g = _grad(lambda x: supcon_loss(x, lab, temperature=0.02, backend=name), f.to(dtype))
+            _close(g, exp_g, rtol, f"{name} {dtype} grad")
 
 
 @pytest.mark.skipif(
