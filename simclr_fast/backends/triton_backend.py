@@ -120,14 +120,18 @@ class KernelConfig:
 #   spills, wgmma on sm_90, 49 KiB shared at BLOCK_D 128. 4 warps at M128 needs 236 regs at
 #   BLOCK_D 128 (sm_80); M128 N128 8 warps 170 regs: larger tiles were not needed to get wgmma.
 #   Fixed-shift kernel, 2026-12-02 (launched specialization, D = 128): sm_90 75 regs / 80 KiB,
-#   sm_80 151 regs, no spills; 7.5 SASS instructions per similarity element on sm_90 (bf16).
+#   sm_80 151 regs, no spills; 7.5 SASS instructions per similarity element of an unmasked tile
+#   on sm_90 (bf16; 13.1 with the masked-tile branch counted, as check-kernels does).
 # - bwd, fp16/bf16: it holds the S tile, the G tile and a (BLOCK_M, BLOCK_D) fp32 accumulator.
 #   Re-checked 2026-12-02 for the one-exponential kernel (AOT compile, Triton 3.9, launched
 #   specialization, no GPU run): M64 N64 4 warps, 3 stages: sm_90 175 regs / 66 KiB shared at
 #   BLOCK_D 128, 159 regs at 64; sm_80 244 / 218 regs; no spills on either arch, wgmma on sm_90.
-#   Its hot loop is 11.3 SASS instructions per element of G (sm_90, bf16, D = 128) against 14.3
-#   for the earlier M64 N32 (the per-tile overhead is spread over twice the elements); M128 N64 8
-#   warps gave 10.3 but 196 regs x 256 threads (one program per SM) and half the row programs.
+#   An unmasked tile runs 11.3 SASS instructions per element of G (sm_90, bf16, D = 128) against
+#   14.3 for the earlier M64 N32 (the per-tile overhead is spread over twice the elements); M128
+#   N64 8 warps gave 10.3 but 196 regs x 256 threads (one program per SM) and half the row
+#   programs. (`simclr-fast check-kernels` counts the whole loop body, the masked-tile branch
+#   included: 16.9; that branch runs on the 2-3 tiles per row block that hold a diagonal or
+#   excluded column, of 128 at 2B = 8192.)
 # - D > 128 (16-bit) and D > 64 (fp32): chunks of 64. With chunks of 128 every candidate spilled
 #   (hundreds of LDL/STL: the G tile stays live across the chunk loop).
 # - fp32 (exact, FMA dot products: tl.dot with input_precision="ieee"): the operands and the
