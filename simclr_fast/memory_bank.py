@@ -155,6 +155,11 @@ class MemoryBank(nn.Module):
         self.size = (self.size[0], d)
         self._set_ptr(0)
 
+    @property
+    def ptr(self) -> int:
+        """Where the next key goes: the Python copy (no device sync) unless a compiled call moved it."""
+        return self._ptr if self._ptr is not None else int(self.bank_ptr)
+
     def _set_ptr(self, ptr: int) -> None:
         self._ptr = ptr
         self.bank_ptr.fill_(ptr)  # no host sync; the Python copy is what is read
@@ -190,13 +195,33 @@ class MemoryBank(nn.Module):
             local = batch.contiguous()
             batch = local.new_empty((dist.get_world_size() * local.shape[0], local.shape[1]))
             _all_gather_into(batch, local, None)
-        k, b, ptr = self.size[0], batch.shape[0], self._ptr
+        if torch.compiler.is_compiling():
+            self._enqueue_traced(batch.to(self.bank.device))
+            return
+        k, b, ptr = self.size[0], batch.shape[0], self.ptr
         if ptr + b >= k:
             self.bank[ptr:] = batch[: k - ptr].to(self.bank.device)
             self._set_ptr(0)
         else:
             self.bank[ptr : ptr + b] = batch.to(self.bank.device)
             self._set_ptr(ptr + b)
+
+    def _enqueue_traced(self, batch: torch.Tensor) -> None:
+        """The same enqueue with the pointer kept in the ``bank_ptr`` tensor, for ``torch.compile``.
+
+        A Python-int pointer would be a constant of the traced graph (one graph per pointer value,
+        then ``fullgraph=True`` fails at the recompile limit); here row ``j`` of the bank takes
+        ``batch[j − ptr]`` where ``0 <= j − ptr < b``: the same rows, written by a ``(K, D)``
+        select, one graph for every call.
+        """
+        k, b = self.size[0], batch.shape[0]
+        offset = torch.arange(k, device=self.bank.device) - self.bank_ptr
+        write = (offset >= 0) & (offset < b)
+        rows = batch[offset.clamp(0, b - 1)]
+        self.bank.copy_(torch.where(write[:, None], rows, self.bank))
+        moved = self.bank_ptr + b
+        self.bank_ptr.copy_(torch.where(moved >= k, torch.zeros_like(moved), moved))
+        self._ptr = None  # the tensor holds the pointer now
 
     def memory_bank_state_dict(self) -> dict[str, Any]:
         """The bank's state for a checkpoint: ``{"size", "bank", "ptr"}`` (``bank`` a CPU copy or ``None``).
@@ -205,7 +230,7 @@ class MemoryBank(nn.Module):
         this next to it, and restore with :meth:`load_memory_bank_state_dict`, for an exact resume.
         """
         bank = self.bank.detach().cpu().clone() if self.initialized else None
-        return {"size": tuple(self.size), "bank": bank, "ptr": self._ptr}
+        return {"size": tuple(self.size), "bank": bank, "ptr": self.ptr}
 
     @torch.no_grad()
     def load_memory_bank_state_dict(self, state: dict[str, Any]) -> None:

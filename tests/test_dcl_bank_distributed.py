@@ -103,7 +103,7 @@ def _worker(rank: int, world: int, port: int) -> None:
                 assert _rel(got, want) <= 1e-5 and _rel(h0, w0) <= 1e-5, what
                 assert _rel(h1, w1) <= 1e-5, what
                 fixture.enqueue(F.normalize(xs[:, 1].reshape(world * B, D), dim=1))
-                assert loss_fn.memory_bank._ptr == fixture.ptr, what
+                assert loss_fn.memory_bank.ptr == fixture.ptr, what
                 assert torch.equal(loss_fn.memory_bank.bank.double(), fixture.bank), what
 
         # without gather_distributed each rank enqueues its own batch only (lightly's behaviour)
@@ -114,7 +114,7 @@ def _worker(rank: int, world: int, port: int) -> None:
         local(xs[rank, 0].clone().requires_grad_(), xs[rank, 1])
         fixture.enqueue(F.normalize(xs[rank, 1], dim=1))
         assert torch.equal(local.memory_bank.bank.double(), fixture.bank), f"local rank {rank}"
-        assert local.memory_bank._ptr == B
+        assert local.memory_bank.ptr == B
     finally:
         dist.destroy_process_group()
 

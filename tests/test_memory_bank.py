@@ -85,7 +85,7 @@ def test_sequence_matches_lightly_step_by_step(backend, tau):
         if eval_call:
             with torch.no_grad():
                 got = loss_fn(x0, x1)
-            assert loss_fn.memory_bank._ptr == fixture.ptr, "an eval call must not enqueue"
+            assert loss_fn.memory_bank.ptr == fixture.ptr, "an eval call must not enqueue"
         else:
             got = loss_fn(x0, x1)
             h0, h1 = _grads(got, x0, x1)
@@ -94,7 +94,7 @@ def test_sequence_matches_lightly_step_by_step(backend, tau):
             fixture.enqueue(F.normalize(out1.float(), dim=1))
         _assert_rel(got.detach(), want.detach())
         assert got.dtype == torch.float32
-        assert int(loss_fn.memory_bank.bank_ptr) == fixture.ptr == loss_fn.memory_bank._ptr, step
+        assert int(loss_fn.memory_bank.bank_ptr) == fixture.ptr == loss_fn.memory_bank.ptr, step
         torch.testing.assert_close(loss_fn.memory_bank.bank.double(), fixture.bank, rtol=0, atol=0)
 
 
@@ -176,7 +176,7 @@ def test_save_and_restore_the_bank_resumes_exactly():
     for x0, x1 in batches[4:]:
         assert torch.equal(a(x0, x1), b(x0, x1))
     assert torch.equal(a.memory_bank.bank, b.memory_bank.bank)
-    assert a.memory_bank._ptr == b.memory_bank._ptr
+    assert a.memory_bank.ptr == b.memory_bank.ptr
     with pytest.raises(ValueError, match=r"shape \(11, 4\) but this bank is \(12, 4\)"):
         NTXentLoss(memory_bank_size=(12, 4)).load_memory_bank_state_dict(state)
 
@@ -253,7 +253,7 @@ def test_train_checkpoint_helpers_carry_the_bank(tmp_path):
     ckpt_io.save_atomic({"model": {}, "epoch": 1, "loss": ckpt_io.loss_state(a)}, tmp_path / "c.pt")
     b = NTXentLoss(memory_bank_size=(9, 3))
     ckpt_io.set_loss_state(b, ckpt_io.load(tmp_path / "c.pt")["loss"])
-    assert torch.equal(a.memory_bank.bank, b.memory_bank.bank) and b.memory_bank._ptr == 8
+    assert torch.equal(a.memory_bank.bank, b.memory_bank.bank) and b.memory_bank.ptr == 8
     x0, x1 = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3)
     assert torch.equal(a(x0, x1), b(x0, x1))
 
@@ -286,3 +286,28 @@ def test_peaked_rows_keep_their_digits(backend):
     _assert_rel(h1, g1, rtol=1e-4)
     naive = memory_bank_loss(x0, x1, bank.float(), tau, backend="reference")
     assert abs(naive.item() - want.item()) > 1e-2 * want.item()  # what the fused form avoids
+
+
+@pytest.mark.timeout(300)
+def test_torch_compile_fullgraph_one_graph_through_the_wrap():
+    """The compiled enqueue keeps the pointer in a tensor: one graph for every pointer value."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch.manual_seed(10)
+    compiled = NTXentLoss(0.2, memory_bank_size=(10, 6), backend="cpu")
+    torch.manual_seed(10)
+    eager = NTXentLoss(0.2, memory_bank_size=(10, 6), backend="cpu")
+    fn = torch.compile(compiled, fullgraph=True)
+    torch._dynamo.utils.counters.clear()
+    for step in range(
+        9
+    ):  # 3 rows a call into K = 10: pointers 3, 6, 9, 0, 3, 6, 9, 0, 3: wraps twice
+        x0, x1 = torch.randn(3, 6, requires_grad=True), torch.randn(3, 6)
+        got, want = fn(x0, x1), eager(x0, x1)
+        _assert_rel(got.detach(), want.detach())
+        assert compiled.memory_bank.ptr == eager.memory_bank.ptr, step
+        torch.testing.assert_close(compiled.memory_bank.bank, eager.memory_bank.bank)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    state = compiled.memory_bank_state_dict()  # read back after compiled calls
+    assert state["ptr"] == eager.memory_bank.ptr == 3
