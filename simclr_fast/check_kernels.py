@@ -15,7 +15,9 @@ sm_90 bf16 at D = 128, the launched forward has 59 registers, 80 KiB of shared m
    ``JITFunction.run`` replaced by a recorder: every kernel launch, whichever launcher makes it, is
    recorded with its positional arguments, constexprs and options, and nothing executes. The probe
    tensors are real allocations of realistic size (a few MB): the specialization depends on the
-   integers' divisibility and the pointers' alignment, not on memory.
+   integers' divisibility and the pointers' 16-byte alignment, not on memory, and torch aligns CPU
+   allocations to 64 bytes and CUDA ones to at least 256, so views at the same offsets specialize
+   alike on both.
 2. **Specialize.** The recorded call is bound and specialized by Triton's own binder
    (``create_function_from_signature`` + ``JITFunction._pack_args``, for a ``GPUTarget`` backend):
    the signature, constexprs, attributes and options are exactly what the JIT would build.
