@@ -133,3 +133,15 @@ def test_bad_arguments_raise_clearly():
         DCLLoss(backend="gpu")
     with pytest.raises(ValueError, match="same shape"):
         DCLLoss()(torch.randn(4, 8), torch.randn(3, 8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cls", [DCLLoss, DCLWLoss])
+def test_learnable_temperature_gradient(backend, cls):
+    a, b = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    t64 = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    weight = partial(mises_fisher_fp64, sigma=0.5) if cls is DCLWLoss else None
+    want = torch.autograd.grad(lightly_dcl(a, b, t64, weight), t64)[0]
+    t32 = torch.nn.Parameter(torch.tensor(0.3))
+    cls(temperature=t32, backend=backend)(a.float(), b.float()).backward()
+    assert _rel(t32.grad, want) <= 1e-4
