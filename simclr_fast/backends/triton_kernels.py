@@ -22,8 +22,9 @@ accumulation; tensor cores for fp16/bf16), never stored.
     the kernel).
 
 Columns that are not in ``C(k)`` -- the diagonal, ``exclude[k]`` and the padding past ``N`` -- are
-masked only in the tiles that contain one: each program reads its rows' ``exclude`` entries and
-their min/max tell which column tiles hold an excluded column; every other tile runs unmasked.
+masked only in the tiles that contain one: each program reads its rows' ``exclude`` entries, whose
+min/max (like the block's own row range for the diagonal) tell which column tiles hold an excluded
+column; every other tile runs unmasked.
 
 Column split: a second grid axis cuts the columns into ``num_parts`` ranges of ``cols_per_part``
 columns (a multiple of ``BLOCK_N``), so a small row grid still fills the GPU. Each part writes its
@@ -112,30 +113,34 @@ def _row_block(
     HAS_KEYS: tl.constexpr,
     HAS_EXCLUDE: tl.constexpr,
 ):
-    """Local and global row indices of the block, its ``exclude`` entries and the column range
-    ``[lo, hi]`` that can hold a diagonal or excluded column of these rows (self mode)."""
+    """Local and global row indices of the block, its ``exclude`` entries, and two column ranges
+    (self mode): ``[d_lo, d_hi]`` holds the block's diagonal, ``[e_lo, e_hi]`` its excluded columns
+    (empty, ``e_lo > e_hi``, without any)."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # local row index in the owned block
     row_ok = offs_m < row_count
     grow = row_start + offs_m  # global row index == its own column index (self mode)
     excl = tl.full((BLOCK_M,), -1, tl.int32)
-    lo = row_start + pid_m * BLOCK_M
-    hi = tl.minimum(row_start + row_count, lo + BLOCK_M) - 1
+    d_lo = row_start + pid_m * BLOCK_M
+    d_hi = tl.minimum(row_start + row_count, d_lo + BLOCK_M) - 1
+    e_lo = 2147483647
+    e_hi = -1
     if not HAS_KEYS and HAS_EXCLUDE:
         excl = tl.load(excl_ptr + offs_m, mask=row_ok, other=-1).to(tl.int32)
-        has = excl >= 0
-        lo = tl.minimum(lo, tl.min(tl.where(has, excl, 2147483647), axis=0))
-        hi = tl.maximum(hi, tl.max(excl, axis=0))
-    return offs_m, row_ok, grow, excl, lo, hi
+        e_lo = tl.min(tl.where(excl >= 0, excl, 2147483647), axis=0)
+        e_hi = tl.max(excl, axis=0)
+    return offs_m, row_ok, grow, excl, d_lo, d_hi, e_lo, e_hi
 
 
 @triton.jit
-def _tile_needs_mask(n0, N, lo, hi, BLOCK_N: tl.constexpr, HAS_KEYS: tl.constexpr):
-    """Whether column tile ``[n0, n0 + BLOCK_N)`` holds padding, or (self mode) a column of
-    ``[lo, hi]``. The diagonal/exclusion range is a superset: a tile inside it but holding none of
-    the excluded columns is masked for nothing, which costs time, not correctness."""
+def _tile_needs_mask(n0, N, d_lo, d_hi, e_lo, e_hi, BLOCK_N: tl.constexpr, HAS_KEYS: tl.constexpr):
+    """Whether column tile ``[n0, n0 + BLOCK_N)`` holds padding or (self mode) overlaps the
+    block's diagonal or excluded range. For NT-Xent the excluded (positive) columns of a row block
+    are one contiguous run ``B`` away from its diagonal: two or three tiles in all, except for the
+    one row block that straddles ``B``, whose range spans everything."""
     need = n0 + BLOCK_N > N
     if not HAS_KEYS:
-        need = need | ((n0 <= hi) & (n0 + BLOCK_N > lo))
+        need = need | ((n0 <= d_hi) & (n0 + BLOCK_N > d_lo))
+        need = need | ((n0 <= e_hi) & (n0 + BLOCK_N > e_lo))
     return need
 
 
@@ -176,7 +181,7 @@ def _ntxent_fwd_kernel(
 ):
     pid_m = tl.program_id(0)
     part = tl.program_id(1)
-    offs_m, row_ok, grow, excl, lo, hi = _row_block(
+    offs_m, row_ok, grow, excl, d_lo, d_hi, e_lo, e_hi = _row_block(
         excl_ptr, pid_m, row_start, row_count, BLOCK_M, HAS_KEYS, HAS_EXCLUDE
     )
     offs_d = tl.arange(0, BLOCK_D)
@@ -213,7 +218,7 @@ def _ntxent_fwd_kernel(
                 UPCAST_OPERANDS,
             )
         t = s * qk_scale - k_shift  # one FMA (k_shift = 0 without FIXED_SHIFT)
-        if _tile_needs_mask(n0, N, lo, hi, BLOCK_N, HAS_KEYS):
+        if _tile_needs_mask(n0, N, d_lo, d_hi, e_lo, e_hi, BLOCK_N, HAS_KEYS):
             t = _mask_tile(t, cols, N, grow, excl, HAS_KEYS)
         if FIXED_SHIFT:
             l_i += tl.sum(tl.exp2(t), axis=1)
@@ -289,7 +294,7 @@ def _ntxent_bwd_kernel(
 ):
     pid_m = tl.program_id(0)
     part = tl.program_id(1)
-    offs_m, row_ok, grow, excl, lo, hi = _row_block(
+    offs_m, row_ok, grow, excl, d_lo, d_hi, e_lo, e_hi = _row_block(
         excl_ptr, pid_m, row_start, row_count, BLOCK_M, HAS_KEYS, HAS_EXCLUDE
     )
     offs_d = tl.arange(0, BLOCK_D)
@@ -338,7 +343,7 @@ def _ntxent_bwd_kernel(
                 UPCAST_OPERANDS,
             )
         t = s * qk_scale - k_shift  # one FMA (k_shift = 0 without FIXED_SHIFT)
-        if _tile_needs_mask(n0, N, lo, hi, BLOCK_N, HAS_KEYS):
+        if _tile_needs_mask(n0, N, d_lo, d_hi, e_lo, e_hi, BLOCK_N, HAS_KEYS):
             t = _mask_tile(t, cols, N, grow, excl, HAS_KEYS)
         if FIXED_SHIFT:
             e = tl.exp2(t)
