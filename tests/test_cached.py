@@ -454,12 +454,13 @@ def test_ddp_two_ranks_equal_the_single_process_full_batch():
 # ------------------------------------------------------------------------ simclr-fast bench step
 
 
-def test_bench_step_smoke_table_rows_and_plot(tmp_path, capsys):
+def test_bench_step_smoke_table_rows_and_plot(tmp_path, capsys, one_thread):
+    # in this process (--isolation none): the case sets the thread count, one_thread restores it
     from simclr_fast.cli import main
 
     out = tmp_path / "bench"
     argv = ["bench", "step", "--batches", "8", "32", "--micro-batch", "4", "--image-size", "8",
-            "--repeats", "1", "--threads", "1", "--timeout", "120", "--out", str(out)]  # fmt: skip
+            "--repeats", "1", "--threads", "1", "--isolation", "none", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     text = capsys.readouterr().out
     for variant in ("naive", "fused", "cached"):
