@@ -266,6 +266,29 @@ def test_dropout_with_one_micro_batch_is_the_plain_step_and_leaves_the_rng_alike
     assert torch.equal(torch.rand(4), after_plain)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_dropout_masks_are_replayed_and_gradients_match_one_micro_batch():
+    device = torch.device("cuda")
+    model = _gn_net(dropout=0.5).to(device)
+    outputs = []
+    model.register_forward_hook(lambda mod, args, out: outputs.append(out.detach().clone()))
+    inputs = tuple(x.to(device) for x in _views(10))
+    loss_fn = NTXentLoss(TAU, backend="torch")
+    cached_backward(model, inputs, loss_fn, 3)
+    n = len(outputs) // 2
+    assert all(torch.equal(outputs[n + k], outputs[k]) for k in range(n))
+    torch.cuda.manual_seed(2)
+    model.zero_grad()
+    z0, z1 = model(torch.cat(inputs)).chunk(2)
+    loss_fn(z0, z1).backward()
+    expected, after = _grads(model), torch.rand(4, device=device)
+    torch.cuda.manual_seed(2)
+    _, actual = _cached(model, inputs, loss_fn, 10)
+    _assert_grads_close(actual, expected, 1e-5, "cuda dropout, one micro-batch")
+    assert torch.equal(torch.rand(4, device=device), after)
+
+
 # ---------------------------------------------------------------------------- BatchNorm
 
 
