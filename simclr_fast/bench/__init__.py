@@ -1,8 +1,10 @@
-"""Benchmarks of simclr_fast, behind ``simclr-fast bench loss|dist|augment`` (``loss`` the default).
+"""Benchmarks of simclr_fast, behind ``simclr-fast bench loss|dist|augment|step`` (``loss`` the default).
 
 - :mod:`simclr_fast.bench.loss`: the fused NT-Xent against the naive loss (time, memory, scaling).
 - :mod:`simclr_fast.bench.dist`: the distributed loss (torch.distributed).
 - :mod:`simclr_fast.bench.augment`: device-side augmentation throughput.
+- :mod:`simclr_fast.bench.step`: one training step's peak memory and time against the batch (plain
+  step with the naive or the fused loss, and the cached-gradient step).
 
 Every mode is a module with ``add_arguments(parser)`` and ``run(args) -> int``, imported only when
 its mode runs. A mode may also share the result files of the loss benchmark: either call
