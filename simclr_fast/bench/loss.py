@@ -51,7 +51,7 @@ FAILED = ("oom", "over-cap", "timeout")
 
 #: Default time limit of one case (its own process: start-up, warm-up, memory pass, timed
 #: iterations). Chosen from the naive loss at 2B = 16384 on the 2-core dev machine (4.4 s per
-#: forward+backward, DESIGN.md §2) plus ``torch.compile``'s compile time there (tens of seconds).
+#: forward+backward, docs/design.md §2) plus ``torch.compile``'s compile time there (tens of seconds).
 DEFAULT_TIMEOUT_S = 300.0
 FULL_TIMEOUT_S = 1800.0
 
