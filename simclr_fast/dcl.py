@@ -35,8 +35,7 @@ from simclr_fast._function import (
     inv_tau_tensor,
     positive_pair_index,
 )
-from simclr_fast.functional import check_temperature, distributed_world
-from simclr_fast.memory_bank import prepare
+from simclr_fast.functional import check_temperature, distributed_world, prepare
 
 WeightFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -123,6 +123,26 @@ def distributed_world(gather_distributed: bool) -> int:
     return dist.get_world_size()
 
 
+def prepare(
+    out0: torch.Tensor, out1: torch.Tensor, temperature: float | torch.Tensor, backend: str
+) -> tuple[float | torch.Tensor, str, torch.dtype, torch.dtype]:
+    """Checks and dispatch shared by the two-view losses: ``(τ, backend name, compute, kernel)``.
+
+    Validates the temperature and the embeddings, resolves ``backend`` for the inputs and picks
+    the compute and kernel dtypes (:func:`compute_dtypes`).
+    """
+    temperature = check_temperature(temperature)
+    check_embeddings(out0, out1)
+    if not isinstance(backend, str):
+        raise TypeError(
+            f"backend must be a string, one of {backends.BACKENDS}, got {type(backend).__name__}"
+        )
+    mixed = out0.dtype != out1.dtype
+    name = backends.resolve(backend, out0.device, torch.float32 if mixed else out0.dtype)
+    compute, kernel = compute_dtypes(out0, out1, name)
+    return temperature, name, compute, kernel
+
+
 def nt_xent(
     out0: torch.Tensor,
     out1: torch.Tensor,
@@ -177,15 +197,7 @@ def nt_xent(
         >>> torch.allclose(loss, ref)
         True
     """
-    temperature = check_temperature(temperature)
-    check_embeddings(out0, out1)
-    if not isinstance(backend, str):
-        raise TypeError(
-            f"backend must be a string, one of {backends.BACKENDS}, got {type(backend).__name__}"
-        )
-    mixed = out0.dtype != out1.dtype
-    name = backends.resolve(backend, out0.device, torch.float32 if mixed else out0.dtype)
-    compute, kernel = compute_dtypes(out0, out1, name)
+    temperature, name, compute, kernel = prepare(out0, out1, temperature, backend)
     # Under torch.autocast the matmuls below would run in 16 bits: the loss computes in `compute`.
     with torch.autocast(out0.device.type, enabled=False):
         if distributed_world(gather_distributed) > 1:

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from simclr_fast import backends
-from simclr_fast.functional import check_temperature, nt_xent
-from simclr_fast.memory_bank import MemoryBank, _bank_loss_normalized, prepare
+from simclr_fast.functional import check_temperature, nt_xent, prepare
+from simclr_fast.memory_bank import MemoryBank, _bank_loss_normalized
 
 
 class NTXentLoss(nn.Module):

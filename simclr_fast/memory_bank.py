@@ -30,14 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from simclr_fast import backends
 from simclr_fast._function import RowLSE, _all_gather_into, inv_tau_tensor
-from simclr_fast.functional import (
-    check_embeddings,
-    check_temperature,
-    compute_dtypes,
-    distributed_world,
-)
+from simclr_fast.functional import distributed_world, prepare
 
 
 def _is_int(x: Any) -> bool:
@@ -329,22 +323,6 @@ def _check_bank(bank: torch.Tensor, out0: torch.Tensor) -> None:
             f"the bank's keys have D={bank.shape[1]} but the embeddings have D={out0.shape[1]}; "
             "they must match"
         )
-
-
-def prepare(
-    out0: torch.Tensor, out1: torch.Tensor, temperature: float | torch.Tensor, backend: str
-) -> tuple[float | torch.Tensor, str, torch.dtype, torch.dtype]:
-    """Checks and dispatch shared by the bank and DCL losses: ``(τ, backend name, compute, kernel)``."""
-    temperature = check_temperature(temperature)
-    check_embeddings(out0, out1)
-    if not isinstance(backend, str):
-        raise TypeError(
-            f"backend must be a string, one of {backends.BACKENDS}, got {type(backend).__name__}"
-        )
-    mixed = out0.dtype != out1.dtype
-    name = backends.resolve(backend, out0.device, torch.float32 if mixed else out0.dtype)
-    compute, kernel = compute_dtypes(out0, out1, name)
-    return temperature, name, compute, kernel
 
 
 def memory_bank_loss(

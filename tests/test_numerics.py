@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_backends
+from conftest import cpu_backends, loss_and_grads
 
 import simclr_fast
 from simclr_fast import nt_xent
@@ -36,18 +36,10 @@ def rel(got: torch.Tensor, ref: torch.Tensor) -> float:
     return ((got - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
-def value_and_grads(fn, a: torch.Tensor, b: torch.Tensor):
-    a = a.detach().clone().requires_grad_(True)
-    b = b.detach().clone().requires_grad_(True)
-    loss = fn(a, b)
-    ga, gb = torch.autograd.grad(loss, (a, b))
-    return loss.detach(), ga, gb
-
-
 def errors(fn, a, b, tau) -> tuple[float, float, float]:
     """Relative errors of (loss, d/dout0, d/dout1) of ``fn`` against the fp64 exact oracle."""
-    ref = value_and_grads(lambda x, y: nt_xent_exact(x, y, tau), a.double(), b.double())
-    got = value_and_grads(fn, a, b)
+    ref = loss_and_grads(lambda x, y: nt_xent_exact(x, y, tau), a.double(), b.double())
+    got = loss_and_grads(fn, a, b)
     return tuple(rel(g, r) for g, r in zip(got, ref))
 
 
@@ -116,8 +108,8 @@ def test_16bit_inputs_on_fp32_backends(dtype, backend, tau, sigma):
     if backend not in cpu_backends(dtype):
         pytest.fail(f"backend {backend!r} is not available here")
     a, bb = peaked(64, 128, sigma, dtype=dtype)
-    ref = value_and_grads(lambda x, y: nt_xent_exact(x, y, tau), a.double(), bb.double())
-    got = value_and_grads(lambda x, y: nt_xent(x, y, tau, backend=backend), a, bb)
+    ref = loss_and_grads(lambda x, y: nt_xent_exact(x, y, tau), a.double(), bb.double())
+    got = loss_and_grads(lambda x, y: nt_xent(x, y, tau, backend=backend), a, bb)
     assert rel(got[0], ref[0]) <= 1e-5
     for g, r in zip(got[1:], ref[1:]):
         # the gradients come back in the input dtype: its rounding (and, for fp16, its underflow
@@ -150,8 +142,8 @@ def test_16bit_triton_within_twice_the_floor(dtype, b, d, tau, sigma):
         pytest.skip("triton is not importable here")
     a, bb = peaked(b, d, sigma)
     floor = _floor(a, bb, tau, dtype)
-    ref = value_and_grads(lambda x, y: nt_xent_exact(x, y, tau), a.double(), bb.double())
-    got = value_and_grads(
+    ref = loss_and_grads(lambda x, y: nt_xent_exact(x, y, tau), a.double(), bb.double())
+    got = loss_and_grads(
         lambda x, y: nt_xent(x, y, tau, backend="triton"), a.to(dtype), bb.to(dtype)
     )
     # errors are against fp64 on the fp32 inputs; the 16-bit inputs' own rounding is part of the
@@ -202,7 +194,7 @@ def _distributed_peaked(rank: int, world: int, port: int) -> None:
         total = sum(F.softplus(x[q * n : (q + 1) * n]).mean() for q in range(world))
         ga, gb = torch.autograd.grad(total, (xs[rank], ys[rank]))
         for name in cpu_backends():
-            got = value_and_grads(
+            got = loss_and_grads(
                 lambda u, v, be=name: nt_xent(u, v, tau, backend=be, gather_distributed=True), a, bb
             )
             errs = (rel(got[0], ref_loss.detach()), rel(got[1], ga), rel(got[2], gb))
