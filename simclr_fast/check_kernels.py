@@ -633,6 +633,11 @@ def ipe_goal(row: dict) -> float | None:
     """The instructions-per-element goal of ``row``'s case, if it has one (NT-Xent's variants)."""
     if "nt_xent" not in row.get("losses", ["nt_xent"]):
         return None
+    from simclr_fast.backends.triton_backend import FIXED_SHIFT_MAX_INV_TAU
+
+    tau = row.get("temperature")
+    if tau is not None and 1.0 / abs(tau) > FIXED_SHIFT_MAX_INV_TAU:
+        return None  # the goal is the fixed-shift hot loop's; |τ| < 0.025 runs the online fallback
     return IPE_GOAL.get((row["kernel"], row["arch"], row["dtype"], row["D"]))
 
 

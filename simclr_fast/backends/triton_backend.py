@@ -141,9 +141,11 @@ class KernelConfig:
 #   gave 127 regs and no spills (M32 N16 spilled, M16 N32 did not but halves the row reuse).
 #   Re-checked 2026-12-02 for the contract kernels, every flag combination (launch_flags): the
 #   backward at 3 stages (both D paths) and the chunked forward at 3 stages compile without
-#   spills on sm_80 and sm_90 except the chunked forward's online-max keys variant on sm_90 (2
-#   LDL/STL, the row sums kept in local memory across the D loop; |tau| < 0.025 with a memory
-#   bank, fp32, D > 64); 2 stages spilled 2-3 in three keys variants on sm_80, 1 stage 2-20.
+#   spills on sm_80 and sm_90 except the chunked forward's online-max keys variant on sm_90 at 4
+#   warps (2 LDL/STL, the row sums kept in local memory across the D loop; |tau| < 0.025 with a
+#   memory bank, fp32, D > 64); 2 stages spilled 2-3 in three keys variants on sm_80, 1 stage
+#   2-20. 8 warps (2026-12-02, `check-kernels --dtype fp32 --d 128 256 --temperature 0.1 0.01`):
+#   64-86 regs and no spills in every flag combination on both archs.
 _CHUNK_D = 64
 _BLOCK_D_CHOICES = {"16bit": (64, 128), "fp32": (64,)}
 _TILES: dict[tuple[str, str], tuple[int, int, int, int]] = {
@@ -154,7 +156,7 @@ _TILES: dict[tuple[str, str], tuple[int, int, int, int]] = {
 }
 #: Overrides for the chunked-D variant (SINGLE_D=False), same reasoning as above.
 _TILES_CHUNKED: dict[tuple[str, str], tuple[int, int, int, int]] = {
-    ("fwd", "fp32"): (32, 32, 4, 3),
+    ("fwd", "fp32"): (32, 32, 8, 3),
     ("bwd", "fp32"): (32, 32, 4, 3),
 }
 #: Overrides when ``D % 16 != 0`` (the JIT then marks neither D nor the row stride divisible by 16
@@ -170,6 +172,7 @@ _TILES_UNALIGNED: dict[tuple[str, str], tuple[int, int, int, int]] = {
 #: regs and spilled 10-20 LDL/STL at D = 100 (sm_80/sm_90, 2026-12-02); 1 stage: 205-240 regs, no
 #: spills, in every flag combination.
 _TILES_CHUNKED_UNALIGNED: dict[tuple[str, str], tuple[int, int, int, int]] = {
+    ("fwd", "fp32"): (32, 32, 4, 3),
     ("bwd", "fp32"): (32, 32, 4, 1),
 }
 
