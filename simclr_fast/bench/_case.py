@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-import resource
 import sys
 import time
 import traceback
 
 import torch
 
-from simclr_fast.bench._measure import PeakMemory, summarize, time_fwd_bwd, virtual_bytes
+from simclr_fast.bench._measure import PeakMemory, cap_address_space, summarize, time_fwd_bwd
 from simclr_fast.bench._providers import get_provider, make_loss
 
 RESULT_MARKER = "SIMCLR_FAST_BENCH_RESULT "
@@ -132,13 +131,8 @@ def run_case(spec: dict) -> dict:
     out0, out1 = _inputs(spec, device, dtype, spec["n"])
     cap = spec.get("rlimit_bytes")
     if cap and device.type == "cpu":
-        vm = virtual_bytes()
-        if vm is not None:
-            _, hard = resource.getrlimit(resource.RLIMIT_AS)
-            soft = vm + int(cap)
-            if hard != resource.RLIM_INFINITY:
-                soft = min(soft, hard)
-            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        soft = cap_address_space(cap)
+        if soft is not None:
             result["rlimit_as_bytes"] = soft
     try:
         if provider.compiles:

@@ -85,6 +85,26 @@ def virtual_bytes() -> int | None:
     return None if kb is None else kb * 1024
 
 
+def cap_address_space(cap_bytes: int) -> int | None:
+    """Limit this process's address space to what it maps now plus ``cap_bytes`` (Linux).
+
+    An allocation past the cap then fails with an out-of-memory error in this case's own process
+    instead of swapping the machine. Returns the soft limit set, or ``None`` where the current
+    size cannot be read.
+    """
+    import resource
+
+    vm = virtual_bytes()
+    if vm is None:
+        return None
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = vm + int(cap_bytes)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    return soft
+
+
 class PeakMemory:
     """Measure the peak memory a block of code needs beyond what is live when it starts.
 

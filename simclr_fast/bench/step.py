@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 
 from simclr_fast.bench._results import append_rows, fmt_ms, fmt_num, render_table
+from simclr_fast.bench.loss import _positive_float, _positive_int
 
 VARIANTS = ("naive", "fused", "cached")
 DEFAULT_BATCHES = (256, 512, 1024, 2048, 4096)
@@ -39,20 +39,6 @@ MODELS = ("small-cnn", "resnet18", "resnet50")
 DEFAULT_MICRO_BATCH = 256
 DEFAULT_TIMEOUT_S = 900.0
 FAILED = ("oom", "over-cap", "timeout")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,7 +193,7 @@ def run_case(spec: dict) -> dict:
     import traceback
 
     from simclr_fast.bench._case import _die_with_parent, _is_oom, _oom_note
-    from simclr_fast.bench._measure import PeakMemory, summarize, virtual_bytes
+    from simclr_fast.bench._measure import PeakMemory, cap_address_space, summarize
 
     if spec.get("isolated", True):
         _die_with_parent()
@@ -222,13 +208,7 @@ def run_case(spec: dict) -> dict:
     v0, v1 = _views(spec, spec["batch"], device)
     cap = spec.get("rlimit_bytes")
     if cap and device.type == "cpu":
-        vm = virtual_bytes()
-        if vm is not None:
-            _, hard = resource.getrlimit(resource.RLIMIT_AS)
-            soft = vm + int(cap)
-            if hard != resource.RLIM_INFINITY:
-                soft = min(soft, hard)
-            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        cap_address_space(cap)
     try:
         t0 = time.perf_counter()
         with PeakMemory(device) as mem:
