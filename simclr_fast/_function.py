@@ -33,6 +33,17 @@ import torch.distributed as dist
 
 from simclr_fast import backends
 
+if dist.is_available():
+    # Imported now, while (in the usual script order) no process group exists yet. Its functions
+    # take ``group=group.WORLD`` as a default argument, evaluated at import: imported after
+    # ``init_process_group`` they hold the default group for good. torch imports it lazily
+    # through ``torch._dynamo`` on the first call of any registered op (the two below), so the
+    # first loss of a training run would pin the group, ``destroy_process_group`` could no
+    # longer join gloo's worker threads, and a worker still releasing the last collective's
+    # tensors during interpreter shutdown aborts the process ("terminate called without an
+    # active exception"). tests/test_distributed.py::test_destroy_process_group_releases_the_group
+    import torch.distributed.nn  # noqa: F401
+
 
 def _xdtype(t: torch.Tensor) -> torch.dtype:
     """fp64 for the O(N) per-row quantities (x, the weights) wherever the device has it."""

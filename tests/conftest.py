@@ -8,6 +8,9 @@ import os
 # torch._dynamo): set it before anything else so tests/test_triton_backend.py runs the kernels on
 # CPU tensors in this process. Compilation for sm_80/sm_90 (check-kernels) uses its own processes.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Processes the tests spawn (torch.distributed worlds) inherit this: a child killed by a fatal
+# signal prints every thread's Python stack, so a crash in CI says where it happened.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

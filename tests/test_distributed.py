@@ -311,3 +311,44 @@ def test_constructor_raises_without_torch_distributed(monkeypatch):
     with pytest.raises(ValueError, match="torch.distributed"):
         NTXentLoss(gather_distributed=True)
     NTXentLoss(gather_distributed=False)  # no distributed needed
+
+
+def _gloo_threads() -> list[str]:
+    """Names of this process's gloo worker threads (torch names them ``pt_gloo_*`` on Linux)."""
+    tasks = "/proc/self/task"
+    names = (open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks))
+    return [n for n in names if n.startswith("pt_gloo")]
+
+
+def _release_checks(rank: int, world: int, port: int) -> None:
+    import gc
+    import sys
+
+    torch.set_num_threads(1)
+    _init(rank, world, port)
+    group = dist.distributed_c10d._get_default_group()
+    refs = sys.getrefcount(group)
+    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(rank))
+    for name in ["reference", *cpu_backends()]:
+        a, c = (v.clone().requires_grad_(True) for v in x)
+        nt_xent(a, c, TAU, backend=name, gather_distributed=True).backward()
+        labels = torch.tensor([0, 1, 0])
+        f = torch.stack([a, c], 1).detach().requires_grad_(True)
+        simclr_fast.SupConLoss(TAU, backend=name, gather_distributed=True)(f, labels).backward()
+    assert _gloo_threads(), "expected gloo worker threads while the group is up"
+    # the first loss call imports torch._dynamo (and with it torch.distributed.nn); nothing of
+    # that may keep a reference to the group
+    assert sys.getrefcount(group) == refs, (sys.getrefcount(group), refs)
+    del group
+    dist.destroy_process_group()
+    gc.collect()
+    # the group is gone, so its worker threads are joined: none is left to release a collective's
+    # tensors while the interpreter shuts down (which aborts the process)
+    assert _gloo_threads() == [], _gloo_threads()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names from /proc")
+def test_destroy_process_group_releases_the_group():
+    """After the losses ran, ``destroy_process_group`` really destroys the group (regression: a
+    lazily imported torch.distributed.nn pinned it, and processes aborted at exit)."""
+    _spawn(_release_checks, 2)
