@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,8 +316,8 @@ def test_constructor_raises_without_torch_distributed(monkeypatch):
 
 def _gloo_threads() -> list[str]:
     """Names of this process's gloo worker threads (torch names them ``pt_gloo_*`` on Linux)."""
-    tasks = "/proc/self/task"
-    names = (open(f"{tasks}/{t}/comm").read().strip() for t in os.listdir(tasks))
+    tasks = Path("/proc/self/task")
+    names = ((t / "comm").read_text().strip() for t in tasks.iterdir())
     return [n for n in names if n.startswith("pt_gloo")]
 
 
