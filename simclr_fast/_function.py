@@ -198,16 +198,30 @@ class GatheredRowLSE(torch.autograd.Function):
     every rank (``3n`` numbers per rank) and recomputes every tile touching the local rows, so
     rank ``r`` gets ``Σ_q ∂L_q/∂z_r`` with no all_reduce of embedding-sized tensors. Each rank's
     τ-gradient is its share: after DDP averages them they are the global batch's.
+
+    A caller that has gathered the rows already (SupCon, for its positive term) passes them as
+    ``z_all``: ``z_local.detach().to(kernel_dtype)`` of every rank, rank by rank, so the forward
+    sends nothing more.
     """
 
     @staticmethod
     @_no_autocast
-    def forward(ctx, z_local, shift_local, inv_tau, backend, kernel_dtype, exclude, group):
+    def forward(
+        ctx, z_local, shift_local, inv_tau, backend, kernel_dtype, exclude, group, z_all=None
+    ):
         rank, world = dist.get_rank(group), dist.get_world_size(group)
         n = z_local.shape[0]
-        zk_local = z_local.detach().to(kernel_dtype).contiguous()
-        z = zk_local.new_empty((world * n, zk_local.shape[1]))
-        _all_gather_into(z, zk_local, group)
+        if z_all is None:
+            zk_local = z_local.detach().to(kernel_dtype).contiguous()
+            z = zk_local.new_empty((world * n, zk_local.shape[1]))
+            _all_gather_into(z, zk_local, group)
+        elif z_all.shape != (world * n, z_local.shape[1]) or z_all.dtype != kernel_dtype:
+            raise ValueError(
+                f"z_all must be the {world * n} x {z_local.shape[1]} gathered rows in "
+                f"{kernel_dtype}, got {tuple(z_all.shape)} in {z_all.dtype}"
+            )
+        else:
+            z = z_all.detach().contiguous()
         sh = shift_local.detach().to(z_local.dtype).contiguous()
         x = row_lse_op(z, sh, inv_tau.detach(), exclude, None, backend, rank * n, n)
         x = x.to(_xdtype(z_local))
@@ -241,7 +255,7 @@ class GatheredRowLSE(torch.autograd.Function):
         d_inv_tau = None
         if ctx.needs_input_grad[2]:
             d_inv_tau = _inv_tau_grad(z[rank * n : (rank + 1) * n], dz, inv_tau, 2)
-        return dz, -grad_x.to(sh.dtype), d_inv_tau, None, None, None, None
+        return dz, -grad_x.to(sh.dtype), d_inv_tau, None, None, None, None, None
 
 
 def positive_pair_index(b: int, offset: int = 0, device=None) -> torch.Tensor:

@@ -36,7 +36,8 @@ has two or more positives. Checking the mask costs one host sync.
 Across processes (``gather_distributed=True``): each rank's rows are gathered with their labels;
 rank ``r`` returns ``W · Σ_{its anchors} ℓ / (anchors counted in the global batch)``, so after DDP
 averages the gradients the parameters get the single-process gradient of the global batch (for
-either ``without_positives``). The kernel part's cross-rank gradient comes from
+either ``without_positives``). The rows are gathered once, in the kernel dtype, for both terms.
+The kernel part's cross-rank gradient comes from
 :class:`~simclr_fast._function.GatheredRowLSE`; the positive term's (rows of another rank in the
 class sums) from :class:`_GatheredPositive`, which all-gathers one scalar per row in the backward
 and rebuilds the weighted class sums from the gathered rows: backward traffic ``O(N)``, no
@@ -529,7 +530,7 @@ def _gathered(z, labels, b, v, opts: _Options):
         pos = _GatheredPositive.apply(zr, zr_all.to(compute), row_cid_all, partner_all, rank, None)
         shift = inv_tau.to(compute) * pos / m_all[mine].clamp_min(1)
         partner = partner_all[mine]
-        x = GatheredRowLSE.apply(z, shift, inv_tau, name, kernel, partner, None)
+        x = GatheredRowLSE.apply(z, shift, inv_tau, name, kernel, partner, None, zr_all)
         ell = torch.where(partner >= 0, F.softplus(x), x)
     return _reduce(
         ell, valid_all[mine], anchor_all, valid_all, world, without_positives, scale, compute

@@ -430,7 +430,10 @@ def _world_checks(rank, world, port):
                         what = f"rank {rank} {name} {dtype} {mode} {without} labels={labels is not None}"
                         _close(sum(losses) / world, exp_loss, rtol, what + " mean loss")
                         _close(g, world * exp_g[mine], rtol, what + " grad")
+        # forward traffic: the rank-agreement check (5 numbers), the labels and the rows, once;
         # backward traffic: O(N) all_gathers only (3n for the row LSE, n for the positives)
+        import simclr_fast.distributed as sd
+
         calls = []
         gather = sf._all_gather_into
 
@@ -439,17 +442,19 @@ def _world_checks(rank, world, port):
             gather(out, local, group)
 
         reduce = dist.all_reduce
-        sf._all_gather_into = sc._all_gather_into = counting
+        sf._all_gather_into = sc._all_gather_into = sd._all_gather_into = counting
         dist.all_reduce = lambda *a, **k: calls.append("all_reduce")
         try:
             for name in cpu_backends():
                 f = x[mine].float().requires_grad_(True)
+                calls.clear()
                 loss = supcon_loss(f, lab[mine], backend=name, gather_distributed=True)
+                assert sorted(calls) == sorted([5, b, v * b * d]), (name, "forward", calls)
                 calls.clear()
                 loss.backward()
                 assert sorted(calls) == [v * b, 3 * v * b], (name, calls)
         finally:
-            sf._all_gather_into = sc._all_gather_into = gather
+            sf._all_gather_into = sc._all_gather_into = sd._all_gather_into = gather
             dist.all_reduce = reduce
         with pytest.raises(ValueError, match="mask is not supported"):
             supcon_loss(x[mine], mask=torch.eye(b), gather_distributed=True)
