@@ -246,7 +246,7 @@ def _record_launches(run_loss) -> list[tuple]:
 
 
 def _specialize(fn, args: tuple, kwargs: dict, cc: int) -> dict:
-    """The JIT's compile inputs for ``fn[grid](*args, **kwargs)`` on a ``cc`` GPU (Triton 3.9).
+    """The JIT's compile inputs for ``fn[grid](*args, **kwargs)`` on a ``cc`` GPU (Triton 3.7–3.9).
 
     Mirrors ``JITFunction.run``: the same binder specializes the arguments (divisibility by 16,
     value 1, pointer alignment), ``_pack_args`` builds signature, constexprs, attrs and options.
@@ -261,7 +261,8 @@ def _specialize(fn, args: tuple, kwargs: dict, cc: int) -> dict:
     kwargs = dict(kwargs)
     kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
     kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-    kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    if hasattr(knobs.compilation, "fpsan_homomorphic_casts"):  # Triton 3.9; 3.7 has no such knob
+        kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(
         backend, kwargs, bound, specialization, options
