@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 
 # Triton reads TRITON_INTERPRET once, when it is imported (and `import simclr_fast` imports it via
 # torch._dynamo): set it before anything else so tests/test_triton_backend.py runs the kernels on
@@ -60,3 +62,32 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def join_or_dump(ctx, seconds: float, what: str) -> None:
+    """Join the processes of ``torch.multiprocessing.start_processes(..., join=False)`` within
+    ``seconds``; past that, every live child gets SIGABRT first, so that faulthandler (on through
+    PYTHONFAULTHANDLER, above) prints its threads' stacks into the test's output, then SIGKILL."""
+    deadline = time.monotonic() + seconds
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                alive = [p for p in ctx.processes if p.is_alive()]
+                for p in alive:
+                    os.kill(p.pid, signal.SIGABRT)
+                time.sleep(3)
+                pytest.fail(f"{what} did not finish within {seconds:.0f} s (stacks above)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+
+
+def spawn_world(fn, args: tuple, nprocs: int, seconds: float, what: str = "the ranks") -> None:
+    """``torch.multiprocessing.spawn(fn, args, nprocs)`` with a deadline: a child's exception is
+    re-raised here with its traceback, and a hang prints the children's stacks (join_or_dump).
+    ``seconds`` stays below the test's pytest-timeout, so the stacks come first."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    join_or_dump(ctx, seconds, what)

@@ -12,18 +12,18 @@ from __future__ import annotations
 import copy
 import csv
 import datetime
+import gc
 import json
 import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import spawn_world
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -419,6 +419,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _ddp_checks(rank: int) -> None:
+    torch.manual_seed(0)
+    model = _gn_net()
+    # different data on every rank; the single-process reference sees all of it
+    data = [_views(B_RANK, seed=10 + r) for r in range(WORLD)]
+    full = tuple(torch.cat([d[v] for d in data]) for v in range(2))
+    for backend in ("reference", "torch"):
+        _, expected = _plain(model, full, NTXentLoss(TAU, backend=backend))
+        ddp = nn.parallel.DistributedDataParallel(copy.deepcopy(model))
+        calls = []
+
+        def hook(state, bucket, calls=calls):
+            calls.append(bucket.index())
+            return allreduce_hook(None, bucket)
+
+        ddp.register_comm_hook(None, hook)
+        loss_fn = NTXentLoss(TAU, backend=backend, gather_distributed=True)
+        loss = cached_backward(ddp, data[rank], loss_fn, MICRO)
+        actual = _grads(ddp.module)
+        _assert_grads_close(actual, expected, 1e-5, f"rank {rank} {backend}")
+        assert torch.isfinite(loss)
+        buckets = len(calls)
+        calls.clear()  # a plain DDP step all-reduces each bucket once: so must the cached one
+        ddp.zero_grad()
+        loss_fn(*ddp(torch.cat(data[rank])).chunk(2)).backward()
+        assert buckets == len(calls) >= 1, (buckets, len(calls))
+
+
 def _ddp_worker(rank: int, port: int) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -429,49 +457,20 @@ def _ddp_worker(rank: int, port: int) -> None:
         timeout=datetime.timedelta(seconds=60),  # a stuck collective fails instead of hanging
     )
     try:
-        torch.manual_seed(0)
-        model = _gn_net()
-        # different data on every rank; the single-process reference sees all of it
-        data = [_views(B_RANK, seed=10 + r) for r in range(WORLD)]
-        full = tuple(torch.cat([d[v] for d in data]) for v in range(2))
-        for backend in ("reference", "torch"):
-            _, expected = _plain(model, full, NTXentLoss(TAU, backend=backend))
-            ddp = nn.parallel.DistributedDataParallel(copy.deepcopy(model))
-            calls = []
-
-            def hook(state, bucket, calls=calls):
-                calls.append(bucket.index())
-                return allreduce_hook(None, bucket)
-
-            ddp.register_comm_hook(None, hook)
-            loss_fn = NTXentLoss(TAU, backend=backend, gather_distributed=True)
-            loss = cached_backward(ddp, data[rank], loss_fn, MICRO)
-            actual = _grads(ddp.module)
-            _assert_grads_close(actual, expected, 1e-5, f"rank {rank} {backend}")
-            assert torch.isfinite(loss)
-            buckets = len(calls)
-            calls.clear()  # a plain DDP step all-reduces each bucket once: so must the cached one
-            ddp.zero_grad()
-            loss_fn(*ddp(torch.cat(data[rank])).chunk(2)).backward()
-            assert buckets == len(calls) >= 1, (buckets, len(calls))
+        _ddp_checks(rank)
     finally:
+        # The DDP wrappers must be gone before the group is destroyed. If a wrapper's reducer held
+        # the group's last reference, its destructor would join gloo's worker threads with the GIL
+        # held, while a worker may still be releasing the Python comm hook of the last all-reduce
+        # (which takes the GIL): a deadlock (seen in 1 of 5 fresh-clone runs, gdb stacks).
+        # destroy_process_group releases the group without the GIL.
+        gc.collect()
         dist.destroy_process_group()
 
 
 @pytest.mark.distributed
 def test_ddp_two_ranks_equal_the_single_process_full_batch():
-    ctx = mp.start_processes(
-        _ddp_worker, args=(_free_port(),), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + 240
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail("the DDP workers did not finish within 240 s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                os.kill(p.pid, 9)
+    spawn_world(_ddp_worker, (_free_port(),), WORLD, 240, "the DDP workers")
 
 
 # ------------------------------------------------------------------------ simclr-fast bench step

@@ -14,9 +14,8 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import cpu_backends
+from conftest import cpu_backends, spawn_world
 from test_dcl import mises_fisher_fp64
 from test_memory_bank import LightlyBank, lightly_bank_loss
 
@@ -124,7 +123,7 @@ def test_dcl_dclw_and_bank_two_ranks():
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"  # the children run the triton backend on CPU tensors
     try:
-        mp.spawn(_worker, args=(WORLD, _free_port()), nprocs=WORLD, join=True)
+        spawn_world(_worker, (WORLD, _free_port()), WORLD, 260)
     finally:
         if old is None:
             del os.environ["TRITON_INTERPRET"]

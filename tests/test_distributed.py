@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import cpu_backends, loss_and_grads
+from conftest import cpu_backends, loss_and_grads, spawn_world
 from torch import nn
 
 import simclr_fast
@@ -42,7 +41,7 @@ def _spawn(fn, world: int, *args) -> None:
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        mp.spawn(fn, args=(world, _free_port(), *args), nprocs=world, join=True)
+        spawn_world(fn, (world, _free_port(), *args), world, 600)
     finally:
         if old is None:
             del os.environ["TRITON_INTERPRET"]

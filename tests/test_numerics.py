@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_backends, loss_and_grads
+from conftest import cpu_backends, loss_and_grads, spawn_world
 
 import simclr_fast
 from simclr_fast import nt_xent
@@ -210,9 +210,7 @@ def test_gather_distributed_peaked_two_ranks():
     """The gathered path keeps the single-process accuracy (W = 2 gloo ranks, issue #12)."""
     import socket
 
-    import torch.multiprocessing as mp
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(_distributed_peaked, args=(2, port), nprocs=2, join=True)
+    spawn_world(_distributed_peaked, (2, port), 2, 260)

@@ -18,9 +18,8 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
-from conftest import cpu_backends
+from conftest import cpu_backends, spawn_world
 
 import simclr_fast
 from simclr_fast import NTXentLoss, SupConLoss, nt_xent, supcon_loss
@@ -468,7 +467,7 @@ def test_two_ranks_match_one_process():
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        mp.spawn(_world_checks, args=(2, _free_port()), nprocs=2, join=True)
+        spawn_world(_world_checks, (2, _free_port()), 2, 200)
     finally:
         if old is None:
             del os.environ["TRITON_INTERPRET"]

@@ -17,8 +17,7 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import cpu_backends
+from conftest import cpu_backends, spawn_world
 from test_supcon import _labels, oracle
 from torch import nn
 
@@ -203,7 +202,7 @@ def test_two_ranks_tau_gradients_average_to_global():
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        mp.spawn(_world_checks, args=(2, _free_port()), nprocs=2, join=True)
+        spawn_world(_world_checks, (2, _free_port()), 2, 200)
     finally:
         if old is None:
             del os.environ["TRITON_INTERPRET"]
