@@ -153,10 +153,9 @@ def dcl(
         z0 = F.normalize(out0.to(compute), dim=1)
         z1 = F.normalize(out1.to(compute), dim=1)
         if world > 1:
-            from simclr_fast.distributed import _check_process_group, check_ranks_agree
+            from simclr_fast.distributed import start_gathered
 
-            rank, _ = _check_process_group(None)
-            check_ranks_agree(out0, temperature)
+            rank, _ = start_gathered(out0, temperature)
         else:
             rank = 0
         if name == "reference":

@@ -73,6 +73,25 @@ def _check_process_group(group) -> tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
+def start_gathered(
+    rows: torch.Tensor, temperature, group=None, what: str = "embeddings"
+) -> tuple[int, int]:
+    """The checks every gathered loss makes first; returns ``(rank, world_size)`` of ``group``.
+
+    A clear error without a process group, the ranks' agreement on ``rows``' shape, dtype, device
+    type and the temperature (:func:`check_ranks_agree`), and an NCCL group given non-CUDA
+    ``rows`` (named ``what`` in the message).
+    """
+    rank, world = _check_process_group(group)
+    check_ranks_agree(rows, temperature, group)
+    if rows.device.type != "cuda" and dist.get_backend(group) == "nccl":  # the same on every rank
+        raise RuntimeError(
+            f"the process group uses NCCL, which needs CUDA tensors, but the {what} are on "
+            f"{rows.device}; move the model to this rank's GPU or use a gloo process group"
+        )
+    return rank, world
+
+
 def _meta_device(group, device: torch.device) -> torch.device:
     """Where the small metadata tensor lives: a CUDA device for an NCCL-only group, else the CPU.
 
@@ -213,15 +232,7 @@ def gathered_nt_xent(
     """
     from simclr_fast.functional import nt_xent_rows
 
-    rank, _ = _check_process_group(group)
-    check_ranks_agree(out0, temperature, group)
-    if (
-        out0.device.type != "cuda" and dist.get_backend(group) == "nccl"
-    ):  # the same on every rank now
-        raise RuntimeError(
-            f"the process group uses NCCL, which needs CUDA tensors, but the embeddings are on "
-            f"{out0.device}; move the model to this rank's GPU or use a gloo process group"
-        )
+    rank, _ = start_gathered(out0, temperature, group)
     z_local = F.normalize(torch.cat([out0.to(compute), out1.to(compute)]), dim=1)
     n = z_local.shape[0]
     if backend == "reference":

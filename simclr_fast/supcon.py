@@ -495,17 +495,12 @@ def _masked(z, mask, b, v, opts: _Options):
 def _gathered(z, labels, b, v, opts: _Options):
     """This rank's SupCon with the rows and labels of every rank (module docstring)."""
     temperature, name, kernel, contrast_mode, without_positives, scale = opts
-    from simclr_fast.distributed import _check_process_group, check_ranks_agree, gather_with_grad
+    from simclr_fast.distributed import gather_with_grad, start_gathered
 
     compute = z.dtype
-    rank, world = _check_process_group(None)
+    per_sample = z.view(v, b, -1).transpose(0, 1).reshape(b, -1)
+    rank, world = start_gathered(per_sample, temperature, what="features")
     n = z.shape[0]
-    check_ranks_agree(z.view(v, b, -1).transpose(0, 1).reshape(b, -1), temperature, None)
-    if z.device.type != "cuda" and dist.get_backend() == "nccl":
-        raise RuntimeError(
-            f"the process group uses NCCL, which needs CUDA tensors, but the features are on "
-            f"{z.device}; move the model to this rank's GPU or use a gloo process group"
-        )
     if labels is None:  # instance labels, unique across ranks
         local = torch.arange(b, device=z.device) + rank * b
     else:
