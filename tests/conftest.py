@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 
 # Triton reads TRITON_INTERPRET once, when it is imported (and `import simclr_fast` imports it via
@@ -83,11 +84,28 @@ def join_or_dump(ctx, seconds: float, what: str) -> None:
                 os.kill(p.pid, signal.SIGKILL)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a gloo group's ``tcp://`` rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def spawn_world(fn, args: tuple, nprocs: int, seconds: float, what: str = "the ranks") -> None:
     """``torch.multiprocessing.spawn(fn, args, nprocs)`` with a deadline: a child's exception is
     re-raised here with its traceback, and a hang prints the children's stacks (join_or_dump).
-    ``seconds`` stays below the test's pytest-timeout, so the stacks come first."""
+    ``seconds`` stays below the test's pytest-timeout, so the stacks come first. The children
+    inherit ``TRITON_INTERPRET=1`` (read when they import Triton): the triton backend runs on
+    their CPU tensors."""
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
     join_or_dump(ctx, seconds, what)

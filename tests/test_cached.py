@@ -15,7 +15,6 @@ import datetime
 import gc
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -23,7 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import spawn_world
+from conftest import free_port, spawn_world
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -413,12 +412,6 @@ def test_model_output_must_have_one_row_per_input_row():
 WORLD, B_RANK, MICRO = 2, 7, 3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_checks(rank: int) -> None:
     torch.manual_seed(0)
     model = _gn_net()
@@ -470,7 +463,7 @@ def _ddp_worker(rank: int, port: int) -> None:
 
 @pytest.mark.distributed
 def test_ddp_two_ranks_equal_the_single_process_full_batch():
-    spawn_world(_ddp_worker, (_free_port(),), WORLD, 240, "the DDP workers")
+    spawn_world(_ddp_worker, (free_port(),), WORLD, 240, "the DDP workers")
 
 
 # ------------------------------------------------------------------------ simclr-fast bench step

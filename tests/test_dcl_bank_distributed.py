@@ -8,14 +8,11 @@ local, the enqueued keys are every rank's ``out1`` in rank order.
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import cpu_backends, spawn_world
+from conftest import cpu_backends, free_port, spawn_world
 from test_dcl import mises_fisher_fp64
 from test_memory_bank import LightlyBank, lightly_bank_loss
 
@@ -24,12 +21,6 @@ from simclr_fast import DCLLoss, DCLWLoss, NTXentLoss
 pytestmark = pytest.mark.distributed
 
 WORLD, B, D, TAU = 2, 3, 5, 0.3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def lightly_dcl_rank(x, q, tau, weighted):
@@ -120,12 +111,4 @@ def _worker(rank: int, world: int, port: int) -> None:
 
 @pytest.mark.timeout(300)
 def test_dcl_dclw_and_bank_two_ranks():
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"  # the children run the triton backend on CPU tensors
-    try:
-        spawn_world(_worker, (WORLD, _free_port()), WORLD, 260)
-    finally:
-        if old is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = old
+    spawn_world(_worker, (WORLD, free_port()), WORLD, 260)

@@ -9,15 +9,16 @@ Every backend that runs on CPU tensors here is covered; the triton backend runs 
 
 from __future__ import annotations
 
+import gc
 import os
-import socket
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import cpu_backends, loss_and_grads, spawn_world
+from conftest import cpu_backends, free_port, loss_and_grads, spawn_world
 from torch import nn
 
 import simclr_fast
@@ -29,24 +30,8 @@ pytestmark = pytest.mark.distributed
 TAU = 0.3
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(fn, world: int, *args) -> None:
-    # TRITON_INTERPRET must be set before the children import triton: spawned children inherit
-    # the environment, so the triton backend runs on CPU tensors there.
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        spawn_world(fn, (world, _free_port(), *args), world, 600)
-    finally:
-        if old is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = old
+    spawn_world(fn, (world, free_port(), *args), world, 600)
 
 
 def _init(rank: int, world: int, port: int) -> None:
@@ -271,7 +256,7 @@ def test_world_matches_single_process(world, bad_rank, field):
 
 def test_world_of_one_equals_single_process():
     """A one-process group, in this process (no spawn needed): same loss and gradients as without."""
-    _init(0, 1, _free_port())
+    _init(0, 1, free_port())
     try:
         x = torch.randn(2, 5, 9)
         for name in _backends():
@@ -321,9 +306,6 @@ def _gloo_threads() -> list[str]:
 
 
 def _release_checks(rank: int, world: int, port: int) -> None:
-    import gc
-    import sys
-
     torch.set_num_threads(1)
     _init(rank, world, port)
     group = dist.distributed_c10d._get_default_group()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_backends, loss_and_grads, spawn_world
+from conftest import cpu_backends, free_port, loss_and_grads, spawn_world
 
 import simclr_fast
 from simclr_fast import nt_xent
@@ -208,9 +208,4 @@ def _distributed_peaked(rank: int, world: int, port: int) -> None:
 @pytest.mark.timeout(300)
 def test_gather_distributed_peaked_two_ranks():
     """The gathered path keeps the single-process accuracy (W = 2 gloo ranks, issue #12)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    spawn_world(_distributed_peaked, (2, port), 2, 260)
+    spawn_world(_distributed_peaked, (2, free_port()), 2, 260)

@@ -13,13 +13,12 @@ interpreter at small sizes; the distributed tests spawn two gloo ranks with diff
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from conftest import cpu_backends, spawn_world
+from conftest import cpu_backends, free_port, spawn_world
 
 import simclr_fast
 from simclr_fast import NTXentLoss, SupConLoss, nt_xent, supcon_loss
@@ -390,12 +389,6 @@ def test_bad_features():
 # ------------------------------------------------------------------------------- two processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _world_checks(rank, world, port):
     import simclr_fast._function as sf
     import simclr_fast.supcon as sc
@@ -464,15 +457,7 @@ def _world_checks(rank, world, port):
 @pytest.mark.distributed
 @pytest.mark.timeout(240)
 def test_two_ranks_match_one_process():
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        spawn_world(_world_checks, (2, _free_port()), 2, 200)
-    finally:
-        if old is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = old
+    spawn_world(_world_checks, (2, free_port()), 2, 200)
 
 
 def test_gather_without_process_group_is_local():

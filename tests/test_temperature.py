@@ -11,13 +11,10 @@ all_reduce would make them W× too large). ``torch.compile(fullgraph=True)`` mus
 # ruff: noqa: B023  (every lambda in a loop is called in the same iteration)
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import cpu_backends, spawn_world
+from conftest import cpu_backends, free_port, spawn_world
 from test_supcon import _labels, oracle
 from torch import nn
 
@@ -190,21 +187,7 @@ def _world_checks(rank, world, port):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 @pytest.mark.timeout(240)
 def test_two_ranks_tau_gradients_average_to_global():
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        spawn_world(_world_checks, (2, _free_port()), 2, 200)
-    finally:
-        if old is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = old
+    spawn_world(_world_checks, (2, free_port()), 2, 200)
